@@ -1,0 +1,51 @@
+"""Command line: ``python -m latentsync <command> ...``.
+
+Each command lives in its own module exposing ``add_parser(subparsers)`` and ``run(args) -> int``. `main` owns the
+exit codes: 0 success, 1 a `LatentSyncError` (printed as one clear line, no traceback unless ``--debug``),
+130 on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from ..errors import LatentSyncError
+
+# command modules, in the order `--help` lists them
+_COMMANDS = ("lipsync", "make_tiny_models", "download")
+
+logger = logging.getLogger("latentsync")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m latentsync", description="LatentSync lip sync: inference, tiny test models, downloads."
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks and debug logs")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in _COMMANDS:
+        module = importlib.import_module(f".{name}", __name__)
+        command = module.add_parser(subparsers)
+        command.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        code = args.run(args)
+    except KeyboardInterrupt:
+        print("Interrupted.", file=sys.stderr)
+        raise SystemExit(130) from None
+    except LatentSyncError as error:
+        if args.debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+    raise SystemExit(code or 0)
