@@ -67,7 +67,7 @@ def _read_pickle(path: Path) -> object:
             "Only files loadable with torch.load(weights_only=True) are accepted, because other pickles can "
             "run arbitrary code. Use the official checkpoint or convert the file to .safetensors."
         ) from error
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, LookupError) as error:
         raise CheckpointError(
             f"{path} ({_describe_size(path)}) is not a readable PyTorch checkpoint: {error}. "
             "The file may be truncated, empty or of another kind; download it again."

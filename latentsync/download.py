@@ -1,0 +1,110 @@
+"""Optional helper that fetches the official weights from the Hugging Face Hub, with size and hash checks.
+
+Nothing else in the library depends on it: every loader takes plain file paths. Offline it fails with a message
+that says which files to fetch by hand and where to put them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import LatentSyncError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    repo_id: str
+    filename: str  # path inside the repository
+    target: str  # path below the destination folder
+
+
+VAE_REPO = "stabilityai/sd-vae-ft-mse"
+RELEASES = {
+    version: (
+        RemoteFile(f"ByteDance/LatentSync-{version}", "latentsync_unet.pt", "latentsync_unet.pt"),
+        RemoteFile(f"ByteDance/LatentSync-{version}", "whisper/tiny.pt", "whisper/tiny.pt"),
+        RemoteFile(f"ByteDance/LatentSync-{version}", "stable_syncnet.pt", "stable_syncnet.pt"),
+        RemoteFile(VAE_REPO, "config.json", "sd-vae-ft-mse/config.json"),
+        RemoteFile(VAE_REPO, "diffusion_pytorch_model.safetensors", "sd-vae-ft-mse/diffusion_pytorch_model.safetensors"),
+    )
+    for version in ("1.5", "1.6")
+}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _manual_instructions(files: tuple[RemoteFile, ...], dest: Path) -> str:
+    lines = [f"  https://huggingface.co/{f.repo_id}/blob/main/{f.filename}  ->  {dest / f.target}" for f in files]
+    return "Download these files by hand and place them as shown:\n" + "\n".join(lines)
+
+
+def _verify(path: Path, expected_size: int | None, expected_sha256: str | None) -> None:
+    if expected_size is not None and path.stat().st_size != expected_size:
+        raise LatentSyncError(
+            f"{path} has {path.stat().st_size:,} bytes, the Hub says {expected_size:,}: the download is incomplete. "
+            "Run the command again."
+        )
+    if expected_sha256 is not None and _sha256(path) != expected_sha256:
+        raise LatentSyncError(f"{path} does not match the Hub's sha256 {expected_sha256}; delete it and run again.")
+
+
+def download_release(version: str, dest: str | os.PathLike) -> list[Path]:
+    """Fetch the LatentSync ``version`` ("1.5" or "1.6") files and the SD VAE into ``dest``; skip verified files.
+
+    Raises:
+        LatentSyncError: unknown version, no ``huggingface_hub``, no network, or a size/hash mismatch.
+    """
+    if version not in RELEASES:
+        raise LatentSyncError(f"Unknown LatentSync version {version!r}; choose one of {', '.join(RELEASES)}.")
+    files, dest = RELEASES[version], Path(dest)
+    try:
+        from huggingface_hub import HfApi, hf_hub_download
+    except ImportError as error:
+        raise LatentSyncError(
+            "The download helper needs huggingface_hub (pip install huggingface_hub). "
+            + _manual_instructions(files, dest)
+        ) from error
+
+    api, written = HfApi(), []
+    try:
+        for remote in files:
+            (info,) = api.get_paths_info(remote.repo_id, [remote.filename])
+            lfs = getattr(info, "lfs", None)
+            size, sha256 = getattr(info, "size", None), (lfs.sha256 if lfs is not None else None)
+            target = dest / remote.target
+            if target.is_file():
+                try:
+                    _verify(target, size, sha256)
+                    logger.info("%s is already complete", target)
+                    written.append(target)
+                    continue
+                except LatentSyncError:
+                    logger.warning("%s is incomplete or different; downloading it again", target)
+            cached = Path(hf_hub_download(remote.repo_id, remote.filename))
+            _verify(cached, size, sha256)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_name(f".{target.name}.partial")
+            shutil.copyfile(cached, partial)
+            os.replace(partial, target)
+            written.append(target)
+    except LatentSyncError:
+        raise
+    except Exception as error:  # network and Hub errors come in many types across huggingface_hub versions
+        raise LatentSyncError(
+            f"Could not download from the Hugging Face Hub ({type(error).__name__}: {error}). "
+            + _manual_instructions(files, dest)
+        ) from error
+    return written
