@@ -1,0 +1,43 @@
+"""The pack loads into a real ComfyUI server and describes every node input and output for the user."""
+
+from __future__ import annotations
+
+from .comfy_server import ComfyServer
+
+NODE_PREFIX = "LatentSync"
+
+
+def pack_nodes(comfy: ComfyServer) -> dict[str, dict]:
+    return {name: info for name, info in comfy.object_info.items() if name.startswith(NODE_PREFIX)}
+
+
+def test_server_answers_object_info(comfy: ComfyServer) -> None:
+    assert "LoadVideo" in comfy.object_info and "VAELoader" in comfy.object_info
+
+
+def test_pack_imported_without_error(comfy: ComfyServer) -> None:
+    line = comfy.pack_import_line()
+    assert line is not None, f"ComfyUI did not try to import {comfy.pack_link}; log:\n{comfy.log_text()[-4000:]}"
+    assert "IMPORT FAILED" not in line, f"the pack failed to import; log:\n{comfy.log_text()[-4000:]}"
+
+
+def test_pack_nodes_come_from_the_pack(comfy: ComfyServer) -> None:
+    module = f"custom_nodes.{comfy.pack_link.name}"
+    for name, info in pack_nodes(comfy).items():
+        assert info["python_module"] == module, f"{name} is registered by {info['python_module']}, not {module}"
+
+
+def test_every_input_and_output_has_a_tooltip(comfy: ComfyServer) -> None:
+    missing = []
+    for name, info in pack_nodes(comfy).items():
+        for section in ("required", "optional"):
+            for input_name, spec in info["input"].get(section, {}).items():
+                options = spec[1] if len(spec) > 1 else {}
+                if not options.get("tooltip"):
+                    missing.append(f"{name} input {input_name}")
+        for output_name, tooltip in zip(
+            info["output_name"], info.get("output_tooltips") or [None] * len(info["output"])
+        ):
+            if not tooltip:
+                missing.append(f"{name} output {output_name}")
+    assert not missing, "no tooltip on: " + ", ".join(missing)
