@@ -121,10 +121,62 @@ def read_checkpoint(path: str | os.PathLike, *, container_keys: tuple[str, ...] 
     raise CheckpointError(f"{path} holds a {type(loaded).__name__}, not a state dict of tensors.")
 
 
-def _listed(keys: list[str]) -> str:
+PT_SUFFIXES = (".pt", ".pth", ".ckpt")
+
+
+def listed_keys(keys: list[str]) -> str:
+    """The first few keys, comma-separated, with "... and N more" when there are more."""
     shown = ", ".join(keys[:_MAX_LISTED_KEYS])
     more = len(keys) - _MAX_LISTED_KEYS
     return shown + (f" ... and {more} more" if more > 0 else "")
+
+
+def describe_mismatches(missing: list[str], unexpected: list[str], wrong_shape: list[str]) -> list[str]:
+    """One sentence per non-empty list of `state_dict_mismatches`."""
+    sentences = []
+    if missing:
+        sentences.append(f"Missing {len(missing)} keys: {listed_keys(missing)}.")
+    if unexpected:
+        sentences.append(f"Unexpected {len(unexpected)} keys: {listed_keys(unexpected)}.")
+    if wrong_shape:
+        sentences.append(f"Wrong shape for {len(wrong_shape)} keys: {listed_keys(wrong_shape)}.")
+    return sentences
+
+
+def save_checkpoint(
+    state_dict: Mapping[str, torch.Tensor],
+    path: str | os.PathLike,
+    *,
+    container: Mapping[str, object],
+    metadata: Mapping[str, str],
+    what: str,
+) -> Path:
+    """Write weights atomically (temporary name beside ``path``, then rename), as `.pt` or `.safetensors`.
+
+    Args:
+        state_dict: the weights (moved to CPU and made contiguous here).
+        path: the target; its suffix picks the format.
+        container: for `.pt`, the pickled dict's other entries; the weights go under ``"state_dict"``.
+        metadata: for `.safetensors`, string metadata stored in the header.
+        what: the model's name for the error message.
+    """
+    path = Path(path)
+    if path.suffix not in (*PT_SUFFIXES, ".safetensors"):
+        raise CheckpointError(f"Cannot save a {what} as {path.name}: use a .pt or .safetensors file name.")
+    tensors = {key: tensor.detach().cpu().contiguous() for key, tensor in state_dict.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import save_file
+
+            save_file(tensors, str(temporary), metadata={"format": "pt", **metadata})
+        else:
+            torch.save({**container, "state_dict": tensors}, temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
 
 
 def state_dict_mismatches(
@@ -165,12 +217,7 @@ def load_state_dict_strict(
         parts = [f"{source} does not fit {type(module).__name__}."]
         if hint:
             parts.append(hint)
-        if missing:
-            parts.append(f"Missing {len(missing)} keys: {_listed(missing)}.")
-        if unexpected:
-            parts.append(f"Unexpected {len(unexpected)} keys: {_listed(unexpected)}.")
-        if wrong_shape:
-            parts.append(f"Wrong shape for {len(wrong_shape)} keys: {_listed(wrong_shape)}.")
+        parts.extend(describe_mismatches(missing, unexpected, wrong_shape))
         raise CheckpointError(" ".join(parts))
     on_meta = any(t.is_meta for t in module.state_dict().values())
     module.load_state_dict(state_dict, strict=True, assign=on_meta)

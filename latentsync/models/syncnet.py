@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..checkpoint import Checkpoint, load_state_dict_strict, read_checkpoint
+from ..checkpoint import Checkpoint, load_state_dict_strict, read_checkpoint, save_checkpoint
 from ..errors import CheckpointError, ConfigError
 from .syncnet_configs import DEFAULT_SYNCNET_CONFIG, OFFICIAL_SYNCNET_CONFIGS, SYNCNET_CONFIGS, get_syncnet_config
 
@@ -41,7 +41,6 @@ FEED_FORWARD_MULT = 4
 SYNC_THRESHOLD = 0.5
 
 ENCODER_NAMES = ("audio_encoder", "visual_encoder")
-_PT_SUFFIXES = (".pt", ".pth", ".ckpt")
 # Entries of the official training container besides `state_dict` and `global_step`.
 HISTORY_KEYS = ("train_step_list", "train_loss_list", "val_step_list", "val_loss_list")
 _METADATA_CONFIG_KEY = "syncnet_config"
@@ -670,31 +669,14 @@ def save_syncnet(
             f"save_syncnet expects a StableSyncNet, got {type(model).__name__}; unwrap DistributedDataParallel "
             "(.module) or torch.compile (._orig_mod) first so the keys match the official checkpoint."
         )
-    path = Path(path)
     history = dict(history or {})
     if unknown := set(history) - set(HISTORY_KEYS):
         raise ConfigError(f"save_syncnet history keys must be among {list(HISTORY_KEYS)}, got {sorted(unknown)}.")
-    if path.suffix not in (*_PT_SUFFIXES, ".safetensors"):
-        raise CheckpointError(f"Cannot save a SyncNet as {path.name}: use a .pt or .safetensors file name.")
-    state_dict = {key: tensor.detach().cpu().contiguous() for key, tensor in model.state_dict().items()}
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import save_file
-
-            metadata = {
-                "format": "pt",
-                _METADATA_CONFIG_KEY: json.dumps(model.config),
-                "global_step": str(int(global_step)),
-            }
-            save_file(state_dict, str(temporary), metadata=metadata)
-        else:
-            container = {"state_dict": state_dict, "global_step": int(global_step)}
-            container.update({key: list(history.get(key, [])) for key in HISTORY_KEYS})
-            torch.save(container, temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
+    container = {"global_step": int(global_step), **{key: list(history.get(key, [])) for key in HISTORY_KEYS}}
+    return save_checkpoint(
+        model.state_dict(),
+        path,
+        container=container,
+        metadata={_METADATA_CONFIG_KEY: json.dumps(model.config), "global_step": str(int(global_step))},
+        what="SyncNet",
+    )

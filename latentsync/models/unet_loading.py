@@ -21,7 +21,15 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import Checkpoint, load_state_dict_strict, read_checkpoint, state_dict_mismatches
+from ..checkpoint import (
+    Checkpoint,
+    describe_mismatches,
+    listed_keys,
+    load_state_dict_strict,
+    read_checkpoint,
+    save_checkpoint,
+    state_dict_mismatches,
+)
 from ..errors import CheckpointError
 from .unet import UNet3DConditionModel
 from .unet_configs import STAGE2, UNET_CONFIG_KEYS, UNET_CONFIGS, get_unet_config
@@ -66,9 +74,7 @@ _SD_CROSS_ATTENTION_DIMS = (768, 1024, 2048)
 # The only weights the reference drops when a checkpoint does not fit: the input / output convolutions and the
 # cross-attention key/value projections (text width vs audio width).
 _CROSS_ATTENTION_KV = re.compile(r"attn2\.to_[kv]\.")
-_PT_SUFFIXES = (".pt", ".pth", ".ckpt")
 _CONFIG_METADATA_KEY = "latentsync_unet_config"
-_MAX_LISTED_KEYS = 8
 
 UnetConfig = str | Mapping
 
@@ -210,16 +216,11 @@ def infer_unet_config(state_dict: Mapping[str, torch.Tensor]) -> dict:
     return config
 
 
-def _listed(keys: list[str]) -> str:
-    more = len(keys) - _MAX_LISTED_KEYS
-    return ", ".join(keys[:_MAX_LISTED_KEYS]) + (f" ... and {more} more" if more > 0 else "")
-
-
 def describe_unet_checkpoint(state_dict: Mapping[str, torch.Tensor]) -> str:
     """One or two sentences on what a state dict looks like, for error messages. Never raises."""
     kind = identify_unet_checkpoint(state_dict)
     if kind != LATENTSYNC_UNET:
-        return f"The file looks like {CHECKPOINT_KINDS[kind]}; its keys start with {_listed(list(state_dict))}."
+        return f"The file looks like {CHECKPOINT_KINDS[kind]}; its keys start with {listed_keys(list(state_dict))}."
     try:
         config = infer_unet_config(state_dict)
     except CheckpointError as error:
@@ -320,28 +321,13 @@ def save_unet(unet: UNet3DConditionModel, path: str | os.PathLike, global_step: 
     Returns:
         The path written.
     """
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    if path.suffix not in (*_PT_SUFFIXES, ".safetensors"):
-        raise CheckpointError(f"Cannot save a UNet as {path.name}: use a .pt or .safetensors file name.")
-    state_dict = {key: tensor.detach().cpu().contiguous() for key, tensor in unet.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        if path.suffix == ".safetensors":
-            metadata = {
-                "format": "pt",
-                _CONFIG_METADATA_KEY: json.dumps(_config_of(unet)),
-                "global_step": str(int(global_step)),
-            }
-            save_file(state_dict, str(temporary), metadata=metadata)
-        else:
-            torch.save({"global_step": int(global_step), "state_dict": state_dict}, temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
+    return save_checkpoint(
+        unet.state_dict(),
+        path,
+        container={"global_step": int(global_step)},
+        metadata={_CONFIG_METADATA_KEY: json.dumps(_config_of(unet)), "global_step": str(int(global_step))},
+        what="UNet",
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -413,12 +399,7 @@ def plan_sd15_init(
     absent = [key for key in missing if key not in dropped and not any(m in key for m in _SD15_ABSENT_MODULES)]
     if unexpected or wrong_shape or absent:
         problems = [f"{source} does not fit the UNet config beyond the weights SD-1.5 initialisation may drop."]
-        if unexpected:
-            problems.append(f"Unexpected {len(unexpected)} keys: {_listed(unexpected)}.")
-        if wrong_shape:
-            problems.append(f"Wrong shape for {len(wrong_shape)} keys: {_listed(wrong_shape)}.")
-        if absent:
-            problems.append(f"Missing {len(absent)} keys: {_listed(absent)}.")
+        problems.extend(describe_mismatches(absent, unexpected, wrong_shape))
         problems.append(describe_unet_checkpoint(state_dict))
         raise CheckpointError(" ".join(problems))
     return SD15InitReport(dropped=dropped, loaded=kept, left_at_init=missing)
