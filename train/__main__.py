@@ -1,0 +1,5 @@
+"""``python -m train``: see `train.cli`."""
+
+from .cli import main
+
+main()
