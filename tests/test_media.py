@@ -87,6 +87,15 @@ def test_probe_real_clips(assets_dir):
     assert (audio.sample_rate, audio.channels, audio.duration, audio.codec) == (16000, 1, 9.6, "pcm_s16le")
 
 
+@pytest.mark.parametrize("num_frames", [1, 2, 3, 7])
+def test_short_clips_lose_no_frame(tmp_path, num_frames):
+    """A threaded decoder may hand back several frames for one packet (all of them at the flush of a short clip)."""
+    path = write_video(tmp_path / f"short{num_frames}.mp4", num_frames, Fraction(25))
+    with VideoReader(path) as reader:
+        indices = [frame_index(rgb) for _, rgb in reader.frames()]
+    assert indices == list(range(num_frames))
+
+
 def test_decode_real_clip(assets_dir, fixtures_dir):
     import cv2
 
@@ -98,9 +107,13 @@ def test_decode_real_clip(assets_dir, fixtures_dir):
             if count == 1:
                 first = rgb
         assert count == 250 and rgb.shape == (1920, 1080, 3) and rgb.dtype == np.uint8
-    # The fixture's first frame was decoded by OpenCV (FFmpeg, BT.709 as tagged); ours must match it.
+    # The fixture's first frame was decoded by OpenCV (FFmpeg's default swscale path, BT.709 as tagged). Ours uses
+    # accurate rounding with full chroma interpolation, so it is about one level brighter on average (OpenCV's
+    # path is biased dark) and differs by more only at sharp chroma edges.
     reference = cv2.imread(str(fixtures_dir / "face" / "demo1_frame0.png"))[..., ::-1]
-    assert np.abs(first.astype(int) - reference).max() <= 1
+    difference = np.abs(first.astype(int) - reference)
+    assert difference.mean() < 1.5
+    assert (difference > 3).mean() < 0.005
 
 
 def test_load_real_audio(assets_dir):
