@@ -11,7 +11,7 @@ import os
 from fractions import Fraction
 
 from ..errors import ConfigError
-from ..pipeline.settings import AUTO, DEFAULT_SETTINGS, LARGEST_FACE, SETTING_SPECS, LipSyncSettings
+from ..pipeline.settings import AUTO, DEFAULT_SETTINGS, LARGEST_FACE, MAX_SEED, SETTING_SPECS, LipSyncSettings
 
 logger = logging.getLogger(__name__)
 
@@ -60,10 +60,15 @@ def _output_fps(text: str):
     return fps
 
 
+def _bound(value) -> str:
+    return "2^64-1" if value == MAX_SEED else f"{value:g}"
+
+
 def _help(name: str) -> str:
     spec = SETTING_SPECS[name]
     default = getattr(DEFAULT_SETTINGS, name)
-    bounds = f"{spec.minimum:g}..{spec.maximum:g}, " if spec.minimum is not None and spec.maximum is not None else ""
+    has_bounds = spec.minimum is not None and spec.maximum is not None
+    bounds = f"{_bound(spec.minimum)}..{_bound(spec.maximum)}, " if has_bounds else ""
     return f"{spec.help} ({bounds}default {default})"
 
 
@@ -89,6 +94,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     models.add_argument("--unet", help="UNet checkpoint (overrides the models folder)")
     models.add_argument("--whisper", help="Whisper checkpoint, e.g. whisper/tiny.pt (overrides the models folder)")
     models.add_argument("--vae", help="SD VAE: diffusers folder or one .safetensors file (overrides the models folder)")
+    models.add_argument(
+        "--deepcache",
+        action="store_true",
+        help="reuse the UNet's deep features between denoising steps (DeepCache with the official inference.sh "
+        "setting: interval 3, branch 0); about 2x faster, slightly different results",
+    )
 
     generation = parser.add_argument_group("generation")
     generation.add_argument(
@@ -192,6 +203,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from ..face.detectors import create_face_detector
+    from ..pipeline.deepcache import DeepCacheUNet
     from ..pipeline.lipsync import LipSyncPipeline, check_inputs
     from ..pipeline.models import load_models
     from ..pipeline.settings import resolve_device, resolve_dtype
@@ -203,7 +215,14 @@ def run(args: argparse.Namespace) -> int:
     # 1. Inputs first: a bad file should not wait for the models to load
     check_inputs(args.video, args.audio, args.output)
 
-    # 2. Models and face detector
+    # 2. Face detector, then the models
+    detector_options = {"model_dir": args.detector_models} if args.detector_models else {}
+    if settings.face_detector == "insightface" and not detector_options:
+        raise ConfigError(
+            "--face-detector insightface needs --detector-models DIR: InsightFace's buffalo_l folder with det_10g.onnx "
+            "and 2d106det.onnx (e.g. ComfyUI/models/insightface/models/buffalo_l)."
+        )
+    detector = create_face_detector(settings.face_detector, **detector_options)
     device = resolve_device(settings.device)
     models = load_models(
         args.models_dir,
@@ -214,15 +233,9 @@ def run(args: argparse.Namespace) -> int:
         dtype=resolve_dtype(settings.dtype, device),
         resolution=settings.resolution,
     )
-    detector_options = {"model_dir": args.detector_models} if args.detector_models else {}
-    if settings.face_detector == "insightface" and not detector_options:
-        raise ConfigError(
-            "--face-detector insightface needs --detector-models DIR: InsightFace's buffalo_l folder with det_10g.onnx "
-            "and 2d106det.onnx (e.g. ComfyUI/models/insightface/models/buffalo_l)."
-        )
-    detector = create_face_detector(settings.face_detector, **detector_options)
+    unet = DeepCacheUNet(models.unet) if args.deepcache else models.unet
     pipeline = LipSyncPipeline(
-        models.unet, models.whisper, models.vae, detector, settings.replace(resolution=models.resolution)
+        unet, models.whisper, models.vae, detector, settings.replace(resolution=models.resolution)
     )
 
     # 3. Run
