@@ -1,0 +1,697 @@
+"""Lip-sync score: how well a talking face matches its audio, and by how many frames they are shifted.
+
+The method of the reference's LSE-C / LSE-D evaluation (``eval/syncnet/syncnet_eval.py``, after SyncNet's
+``calc_pdist``), run with LatentSync's own StableSyncNet instead of the old Wav2Lip-style SyncNet:
+
+1. faces are detected, tracked and aligned at the SyncNet's resolution, on frames resampled to 25 fps by
+   timestamp (any source frame rate works);
+2. every window of ``num_frames`` consecutive faces starting at frame ``s`` (``s`` on a ``stride`` grid) is
+   compared with the mel windows starting at frames ``s + o`` for every offset ``o`` in ``-K .. K``
+   (``K = max_offset``, 15 as in the reference): ``distance = 1 - cos(vision_embed, audio_embed)``. Mel windows
+   start exactly at frame times (`FrameAlignedMel`), so shifting the audio by whole frames shifts the curve
+   exactly;
+3. the distances are averaged over the windows, per offset: ``mean_distances`` (the curve `plot_offsets` draws);
+4. ``min_distance = min(mean_distances)`` (LSE-D style), ``best_offset = offsets[argmin]`` and
+   ``confidence = median(mean_distances) - min_distance`` (LSE-C style).
+
+Choices, and where they differ from the reference:
+
+* **Distance.** StableSyncNet is trained on the cosine similarity of unit embeddings (BCE, "in sync" above
+  0.5), so the distance is the cosine distance ``1 - cos`` (`sync_distance`), in ``[0, 1]`` since the
+  embeddings are non-negative. The reference's Euclidean distance of unit vectors, ``sqrt(2 (1 - cos))``, ranks
+  single pairs the same way but bends the averages. Either way the numbers are on StableSyncNet's scale: only
+  the method, not the values, compares with published LSE-C / LSE-D figures of the Wav2Lip-style SyncNet.
+* **Sign.** ``best_offset > 0`` means the audio lags the video: the sound of the lips seen at frame ``s`` is
+  heard at frame ``s + best_offset``, so delaying the audio by ``k`` frames adds ``k``. The reference's
+  ``av_offset`` has the opposite sign.
+* **Edges.** The reference pads the audio features with zeros, comparing edge frames with nothing; here a
+  window is scored only when all its ``2K + 1`` audio windows lie inside the audio, so every point of the curve
+  averages the same windows. Windows therefore start ``K`` frames after the audio does and end ``K`` frames
+  before it ends: scoring needs at least ``num_frames + 2K`` frames (46, 1.84 s) of audio; the faces of the first
+  ``K`` frames are never scored, those of the last ``K`` only when the audio runs on past the video.
+* **Face gaps.** Frames where the tracker has no face split the clip into runs; windows never cross a gap, and
+  the windows of all runs are pooled into one curve (the reference averages per-track scores instead).
+* **Memory.** Faces stream through a buffer of fewer than ``num_frames + batch_size * stride`` aligned faces; one
+  embedding per window is kept (``embedding_dim`` floats: 8 KiB for the official model, 12 MiB per minute at
+  stride 1), with the audio's waveform and mel windows (about 190 KB per second): some 0.4 MB per second of
+  clip in all, whatever the video's resolution.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Literal
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .audio.chunks import fps_fraction
+from .audio.mel import as_waveform
+from .audio.syncnet_mel import AudioHParams, mel_window_length, syncnet_melspectrogram
+from .errors import ConfigError, MediaError, NoFaceError
+from .face import FaceAligner
+from .face.detectors import FaceDetector, create_face_detector
+from .face.tracking import FaceTracker
+from .media import VideoReader, load_audio
+from .models.syncnet import StableSyncNet, pack_frames, sync_distance
+from .models.syncnet_configs import DEFAULT_SYNCNET_CONFIG, get_syncnet_config
+
+# SyncNet windows are cut from 25 fps frames and 16 kHz audio, as in training
+SCORE_FPS = Fraction(25)
+SCORE_SAMPLE_RATE = 16000
+SAMPLES_PER_FRAME = 640  # SCORE_SAMPLE_RATE / SCORE_FPS
+# the reference's search range (``vshift=15``): +-0.6 s
+DEFAULT_MAX_OFFSET = 15
+DEFAULT_BATCH_SIZE = 16
+
+# progress(frames_done, frames_total)
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class SyncNetInput:
+    """What a SyncNet is fed: the fields of its config's ``data`` section that scoring needs.
+
+    Attributes:
+        num_frames: frames per window (16 for the official model).
+        resolution: side of the aligned square faces (256).
+        lower_half: keep rows ``resolution // 2 :`` only (the mouth).
+    """
+
+    num_frames: int
+    resolution: int
+    lower_half: bool
+
+    @classmethod
+    def for_model(cls, syncnet: StableSyncNet, data: Mapping | None = None) -> SyncNetInput:
+        """From a config ``data`` section; by default the official one, with ``num_frames`` read off the model.
+
+        Raises:
+            ConfigError: a latent-space SyncNet (not supported), or a ``data`` section that does not fit the model.
+        """
+        in_channels = syncnet.visual_encoder.config.in_channels
+        if data is None:
+            data = {**get_syncnet_config(DEFAULT_SYNCNET_CONFIG)["data"], "num_frames": in_channels // 3}
+        if data.get("latent_space", False) or in_channels % 3:
+            raise ConfigError(
+                f"Scoring needs a pixel-space SyncNet (3 input channels per frame); this one takes {in_channels} "
+                "visual channels or is configured for VAE latents."
+            )
+        num_frames = int(data["num_frames"])
+        if num_frames * 3 != in_channels:
+            raise ConfigError(
+                f"The SyncNet data config says {num_frames} frames per window, but the visual encoder takes "
+                f"{in_channels} channels ({in_channels // 3} RGB frames)."
+            )
+        return cls(num_frames, int(data["resolution"]), bool(data["lower_half"]))
+
+
+@dataclass
+class SyncScore:
+    """Result of `sync_offset_scores` / `score_video`.
+
+    Attributes:
+        confidence: ``median(mean_distances) - min_distance`` (LSE-C style; higher = clearer sync).
+        min_distance: ``min(mean_distances)`` (LSE-D style; lower = better).
+        best_offset: offset of that minimum in 25 fps frames; > 0 means the audio lags the video.
+        offsets: ``(2K + 1,)`` int64, ``-K .. K``.
+        mean_distances: ``(2K + 1,)`` float64, cosine distance at each offset averaged over the windows.
+        window_starts: ``(w,)`` int64, first 25 fps frame of each scored video window.
+        window_distances: ``(w, 2K + 1)`` float32, distance of each window at each offset.
+        num_frames: frames per window.
+        fps: frame rate the offsets and frames count in (25).
+    """
+
+    confidence: float
+    min_distance: float
+    best_offset: int
+    offsets: np.ndarray
+    mean_distances: np.ndarray
+    window_starts: np.ndarray
+    window_distances: np.ndarray
+    num_frames: int
+    fps: Fraction = field(default=SCORE_FPS)
+
+    @property
+    def best_offset_seconds(self) -> float:
+        """``best_offset`` in seconds (> 0: audio lags)."""
+        return float(self.best_offset / self.fps)
+
+    def to_dict(self) -> dict:
+        """JSON-ready: the numbers, their conventions, the curve and the per-window distances."""
+        return {
+            "confidence": self.confidence,
+            "min_distance": self.min_distance,
+            "best_offset": self.best_offset,
+            "best_offset_seconds": self.best_offset_seconds,
+            "offset_convention": "frames at 25 fps; positive = audio lags video",
+            "distance": "1 - cosine similarity of StableSyncNet embeddings",
+            "fps": str(self.fps),
+            "num_frames_per_window": self.num_frames,
+            "num_windows": len(self.window_starts),
+            "offsets": self.offsets.tolist(),
+            "mean_distances": self.mean_distances.tolist(),
+            "window_starts": self.window_starts.tolist(),
+            "window_distances": self.window_distances.tolist(),
+        }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Embeddings
+
+
+def _unit_embeds(encoder: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """One SyncNet encoder on its own: ``(b, ...) -> (b, C)`` unit vectors, as `StableSyncNet.forward` makes them."""
+    parameter = next(encoder.parameters())
+    embeds = encoder(inputs.to(parameter.device, parameter.dtype))
+    return F.normalize(embeds.flatten(1), p=2, dim=1).float().cpu()
+
+
+class FrameAlignedMel:
+    """SyncNet mel windows of a 16 kHz waveform that start exactly at 25 fps frame times.
+
+    A frame lasts 640 samples, 3.2 mel hops of 200: the datasets' crop rule (`crop_mel_window`, column
+    ``floor(3.2 t)``) starts the window of frame ``t`` up to 10 ms early, by an amount that depends on ``t mod 5``,
+    so delaying the audio by a whole number of frames does not simply move the windows. Here the window of frame
+    ``t`` comes from the mel of the waveform without its first ``r = 640 t mod 200`` samples (five phases ``r`` in
+    ``0, 40, 80, 120, 160``), at column ``(640 t - r) / 200``: it starts at sample ``640 t`` exactly, so a shift of
+    the audio by ``k`` frames moves every window by exactly ``k``. For ``t`` a multiple of 5 (``r = 0``) the
+    window is the crop rule's. The five mels are kept as float32: about 128 KB per second of audio.
+
+    Args:
+        waveform: ``(num_samples,)`` mono float samples at 16 kHz, full scale +-1.
+    """
+
+    def __init__(self, waveform: np.ndarray | torch.Tensor):
+        samples = as_waveform(waveform, torch.float64)
+        self.num_samples = samples.shape[0]
+        self._hop = AudioHParams().hop_length
+        phases = sorted({SAMPLES_PER_FRAME * t % self._hop for t in range(self._hop)})
+        self._mels = {
+            phase: torch.from_numpy(syncnet_melspectrogram(samples[phase:])).float()
+            for phase in phases
+            if self.num_samples - phase > 0
+        }
+
+    def num_windows(self, num_frames: int) -> int:
+        """How many start frames ``0, 1, ...`` have a whole window: those whose last hop fits in the audio."""
+        spare = self.num_samples - self._hop * (mel_window_length(num_frames, SCORE_FPS) - 1)
+        return max(0, spare // SAMPLES_PER_FRAME + 1)
+
+    def windows(self, start_frames: np.ndarray, num_frames: int) -> torch.Tensor:
+        """``(m, 1, 80, L)`` float32 windows of the frames ``start_frames`` (each below `num_windows`)."""
+        length = mel_window_length(num_frames, SCORE_FPS)
+        windows = []
+        for frame in start_frames:
+            start = SAMPLES_PER_FRAME * int(frame)
+            phase = start % self._hop
+            column = (start - phase) // self._hop
+            windows.append(self._mels[phase][None, :, column : column + length])
+        return torch.stack(windows)
+
+
+@torch.no_grad()
+def embed_mel_windows(
+    syncnet: StableSyncNet,
+    audio: FrameAlignedMel,
+    start_frames: np.ndarray,
+    num_frames: int,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> torch.Tensor:
+    """Audio embeddings ``(m, C)`` (float32, CPU) of the windows of the 25 fps frames ``start_frames`` ``(m,)``."""
+    embeds = [torch.zeros(0, syncnet.embedding_dim)]
+    for first in range(0, len(start_frames), batch_size):
+        windows = audio.windows(start_frames[first : first + batch_size], num_frames)
+        embeds.append(_unit_embeds(syncnet.audio_encoder, windows))
+    return torch.cat(embeds)
+
+
+def as_face_tensor(faces: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """Faces (any shape) as float32 in ``[-1, 1]``: uint8 maps by ``x / 127.5 - 1``, floats are kept."""
+    faces = torch.as_tensor(faces)
+    return faces.float() / 127.5 - 1.0 if faces.dtype == torch.uint8 else faces.float()
+
+
+class FaceWindowEmbedder:
+    """Embeds the face windows of a stream of aligned faces, keeping only the faces still needed.
+
+    Feed the faces of consecutive 25 fps frames to `push` (``None`` where there is no face: a gap that no window
+    crosses); the windows starting at frames ``s`` with ``first_start <= s <= last_start`` and
+    ``(s - first_start) % stride == 0`` are embedded in batches as soon as their faces are in. `finish` returns
+    the window starts and embeddings.
+
+    Args:
+        syncnet: the StableSyncNet whose visual encoder embeds the windows.
+        spec: window length, face resolution, lower half.
+        first_start, last_start: the range of window starts to embed (``last_start`` may be ``None``: no limit).
+        stride: frames between window starts.
+        batch_size: windows per visual-encoder call.
+    """
+
+    def __init__(
+        self,
+        syncnet: StableSyncNet,
+        spec: SyncNetInput,
+        first_start: int = 0,
+        last_start: int | None = None,
+        stride: int = 1,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ):
+        if stride < 1 or batch_size < 1:
+            raise ConfigError(f"stride and batch_size must be at least 1, got {stride} and {batch_size}.")
+        self.syncnet, self.spec = syncnet, spec
+        self.first_start, self.last_start = first_start, last_start
+        self.stride, self.batch_size = stride, batch_size
+        self.num_pushed = 0
+        self.num_faces = 0
+        self.longest_run = 0
+        self._run_start = 0  # first frame of the current run of faces
+        self._buffer: list[torch.Tensor] = []  # faces of frames _buffer_start, _buffer_start + 1, ...
+        self._buffer_start = 0
+        self._pending: list[int] = []  # complete windows waiting for a batch
+        self._starts: list[int] = []
+        self._embeds: list[torch.Tensor] = []
+
+    @property
+    def num_buffered_faces(self) -> int:
+        """Faces held right now: fewer than ``num_frames + batch_size * stride``."""
+        return len(self._buffer)
+
+    def _wanted(self, start: int) -> bool:
+        in_range = self.first_start <= start and (self.last_start is None or start <= self.last_start)
+        return in_range and (start - self.first_start) % self.stride == 0
+
+    def push(self, face: torch.Tensor | None) -> None:
+        """The aligned face ``(3, R, R)`` (uint8, or float in ``[-1, 1]``) of the next frame, or ``None``."""
+        frame = self.num_pushed
+        self.num_pushed += 1
+        if face is None:
+            self._flush()
+            self._buffer, self._buffer_start, self._run_start = [], frame + 1, frame + 1
+            return
+        if tuple(face.shape) != (3, self.spec.resolution, self.spec.resolution):
+            raise ConfigError(
+                f"Faces for this SyncNet must be (3, {self.spec.resolution}, {self.spec.resolution}), "
+                f"got {tuple(face.shape)}."
+            )
+        self.num_faces += 1
+        self.longest_run = max(self.longest_run, frame + 1 - self._run_start)
+        self._buffer.append(face)
+        start = frame + 1 - self.spec.num_frames
+        if start >= self._run_start and self._wanted(start):
+            self._pending.append(start)
+            if len(self._pending) == self.batch_size:
+                self._flush()
+        # the next window to complete starts at start + 1; no face before it is needed any more
+        keep_from = self._pending[0] if self._pending else start + 1
+        if keep_from > self._buffer_start:
+            del self._buffer[: keep_from - self._buffer_start]
+            self._buffer_start = keep_from
+
+    @torch.no_grad()
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        windows = torch.stack(
+            [
+                torch.stack(self._buffer[s - self._buffer_start : s - self._buffer_start + self.spec.num_frames])
+                for s in self._pending
+            ]
+        )  # (b, f, 3, R, R)
+        frames = as_face_tensor(windows)
+        self._embeds.append(_unit_embeds(self.syncnet.visual_encoder, pack_frames(frames, self.spec.lower_half)))
+        self._starts.extend(self._pending)
+        self._pending = []
+
+    def finish(self) -> tuple[np.ndarray, torch.Tensor]:
+        """Embed what is pending; ``(window_starts (w,) int64, vision_embeds (w, C) float32)``."""
+        self._flush()
+        embeds = torch.cat(self._embeds) if self._embeds else torch.zeros(0, self.syncnet.embedding_dim)
+        return np.asarray(self._starts, dtype=np.int64), embeds
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Offsets and the score
+
+
+def _window_range(num_audio_starts: int, max_offset: int) -> tuple[int, int]:
+    """First and last video window start whose audio windows ``s - K .. s + K`` all exist."""
+    return max_offset, num_audio_starts - 1 - max_offset
+
+
+def _check_max_offset(max_offset: int) -> None:
+    if not isinstance(max_offset, int) or max_offset < 0:
+        raise ConfigError(f"max_offset must be an integer >= 0 (frames), got {max_offset!r}.")
+
+
+@torch.no_grad()
+def offset_score(
+    syncnet: StableSyncNet,
+    window_starts: np.ndarray,
+    vision_embeds: torch.Tensor,
+    audio: FrameAlignedMel,
+    num_frames: int,
+    max_offset: int = DEFAULT_MAX_OFFSET,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> SyncScore:
+    """Compare each video window with the audio windows ``-max_offset .. max_offset`` frames from it.
+
+    Args:
+        window_starts: ``(w,)`` start frames of the video windows; each ``s +- max_offset`` must have an audio
+            window in ``audio``.
+        vision_embeds: ``(w, C)`` their embeddings.
+        audio: the audio's mel windows (its sample 0 is the time of frame 0).
+
+    Returns:
+        the `SyncScore`. Each audio window is embedded once, however many video windows it meets.
+    """
+    offsets = np.arange(-max_offset, max_offset + 1, dtype=np.int64)
+    audio_starts = np.unique(window_starts[:, None] + offsets[None, :])
+    audio_embeds = embed_mel_windows(syncnet, audio, audio_starts, num_frames, batch_size)
+    distances = torch.stack(
+        [
+            sync_distance(vision_embeds, audio_embeds[np.searchsorted(audio_starts, window_starts + offset)])
+            for offset in offsets
+        ],
+        dim=1,
+    ).numpy()  # (w, 2K + 1)
+    mean_distances = distances.mean(axis=0, dtype=np.float64)
+    best = int(np.argmin(mean_distances))
+    min_distance = float(mean_distances[best])
+    return SyncScore(
+        confidence=float(np.median(mean_distances)) - min_distance,
+        min_distance=min_distance,
+        best_offset=int(offsets[best]),
+        offsets=offsets,
+        mean_distances=mean_distances,
+        window_starts=window_starts,
+        window_distances=distances,
+        num_frames=num_frames,
+    )
+
+
+def _too_short_error(spec: SyncNetInput, max_offset: int, longest_run: int, num_audio_starts: int) -> MediaError:
+    audio_frames = num_audio_starts + spec.num_frames - 1 if num_audio_starts else 0
+    needed = spec.num_frames + 2 * max_offset
+    first, last = _window_range(num_audio_starts, max_offset)
+    if last < first:
+        where = f"the audio covers about {audio_frames} frames, fewer than the {needed} needed"
+    else:
+        where = f"windows can start at frames {first} to {last}, but no run of faces there is long enough"
+    return MediaError(
+        f"Nothing to score: a window needs {spec.num_frames} consecutive frames with a face (25 fps) and audio "
+        f"{max_offset} frames before and after it for the offset search; {where} (longest run of faces: "
+        f"{longest_run} frames). Use a longer clip, or a smaller max_offset."
+    )
+
+
+@torch.no_grad()
+def sync_offset_scores(
+    syncnet: StableSyncNet,
+    faces: torch.Tensor | np.ndarray,
+    audio: np.ndarray | torch.Tensor,
+    max_offset: int = DEFAULT_MAX_OFFSET,
+    stride: int = 1,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    data: Mapping | None = None,
+) -> SyncScore:
+    """Score aligned faces against audio (the core of `score_video`, without media or face detection).
+
+    Args:
+        syncnet: a pixel-space StableSyncNet in eval mode.
+        faces: ``(n, 3, R, R)`` aligned faces of consecutive 25 fps frames, float in ``[-1, 1]`` or uint8.
+        audio: ``(num_samples,)`` mono float waveform at 16 kHz; sample 0 is the time of frame 0.
+        max_offset: ``K``; offsets ``-K .. K`` frames are searched.
+        stride: frames between scored window starts.
+        batch_size: windows per encoder call.
+        data: the SyncNet config's ``data`` section (default: the official one, see `SyncNetInput.for_model`).
+
+    Raises:
+        MediaError: no window to score: audio shorter than ``num_frames + 2K`` frames, or fewer than
+            ``num_frames`` faces from frame ``K`` on with audio ``K`` frames beyond them.
+    """
+    _check_max_offset(max_offset)
+    spec = SyncNetInput.for_model(syncnet, data)
+    audio = FrameAlignedMel(audio)
+    num_audio_starts = audio.num_windows(spec.num_frames)
+    first_start, last_start = _window_range(num_audio_starts, max_offset)
+    embedder = FaceWindowEmbedder(syncnet, spec, first_start, last_start, stride, batch_size)
+    for face in torch.as_tensor(faces):
+        embedder.push(face)
+    window_starts, vision_embeds = embedder.finish()
+    if not len(window_starts):
+        raise _too_short_error(spec, max_offset, embedder.longest_run, num_audio_starts)
+    return offset_score(syncnet, window_starts, vision_embeds, audio, spec.num_frames, max_offset, batch_size)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Videos
+
+
+def frames_at_score_fps(frames: Iterable[np.ndarray], fps: Fraction | int) -> Iterator[np.ndarray]:
+    """The frames of a constant-rate clip at ``fps``, shown at 25 fps.
+
+    Output frame ``i`` (at ``i / 25`` s) is the source frame on screen then, ``floor(i * fps / 25)``; outputs go on
+    while that frame exists, so the clip keeps its duration. Source frames are yielded as they are, not copied.
+    """
+    ratio = fps_fraction(fps) / SCORE_FPS
+    index = 0
+    for source_index, frame in enumerate(frames):
+        while math.floor(index * ratio) == source_index:
+            yield frame
+            index += 1
+
+
+@torch.no_grad()
+def score_frames(
+    frames: Iterable[np.ndarray],
+    audio: np.ndarray | torch.Tensor,
+    syncnet: StableSyncNet,
+    detector: FaceDetector | str | None = None,
+    *,
+    fps: Fraction | int = SCORE_FPS,
+    max_offset: int = DEFAULT_MAX_OFFSET,
+    stride: int = 1,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    data: Mapping | None = None,
+    face_index: int | Literal["largest"] = "largest",
+    detect_size: int | None = None,
+    progress: ProgressCallback | None = None,
+) -> SyncScore:
+    """Score the lip sync of a talking-face clip given as frames and samples, streaming.
+
+    Args:
+        frames: ``(h, w, 3)`` uint8 RGB frames in order, at the constant rate ``fps`` (any iterable; with a length,
+            progress knows the total).
+        audio: ``(num_samples,)`` mono float waveform at 16 kHz; sample 0 is the time of the first frame.
+        syncnet: a pixel-space StableSyncNet (`load_syncnet`), in eval mode, on any device.
+        detector: a `FaceDetector`, the name of one (`create_face_detector`), or ``None`` for the default.
+        fps: frame rate of ``frames``; they are shown at 25 fps (`frames_at_score_fps`).
+        max_offset, stride, batch_size, data: as `sync_offset_scores`.
+        face_index: which face to follow (`FaceTracker`).
+        detect_size: detect on frames shrunk to this longer side (faster); alignment uses the full frame.
+        progress: called with ``(frames_done, frames_total)`` after each 25 fps frame (the total is 0 when unknown).
+
+    Raises:
+        NoFaceError: no frame has a usable face.
+        MediaError: bad audio, or no window to score (see `sync_offset_scores`).
+        ConfigError: bad settings or a SyncNet that scoring does not support.
+    """
+    # 1. check inputs, build the pieces
+    _check_max_offset(max_offset)
+    spec = SyncNetInput.for_model(syncnet, data)
+    if detector is None or isinstance(detector, str):
+        detector = create_face_detector() if detector is None else create_face_detector(detector)
+    elif not isinstance(detector, FaceDetector):
+        raise ConfigError(f"detector must be a FaceDetector or a detector name, got {type(detector).__name__}.")
+    tracker = FaceTracker(detector, face_index=face_index, detect_size=detect_size)
+    aligner = FaceAligner(spec.resolution)
+    total = math.ceil(len(frames) * SCORE_FPS / Fraction(fps)) if isinstance(frames, Sized) else 0
+
+    # 2. audio: all its mel windows (small), so the window range is known before any frame is seen
+    audio = FrameAlignedMel(audio)
+    num_audio_starts = audio.num_windows(spec.num_frames)
+    first_start, last_start = _window_range(num_audio_starts, max_offset)
+    embedder = FaceWindowEmbedder(syncnet, spec, first_start, last_start, stride, batch_size)
+
+    # 3. frames: 25 fps -> track -> align -> embed windows; a gap in the track resets the aligner's smoothing
+    for frame, points in tracker.track(frames_at_score_fps(frames, fps)):
+        if points is None:
+            aligner.reset()
+            embedder.push(None)
+        else:
+            face = aligner.align(frame, aligner.estimate_affine(points))
+            embedder.push(torch.from_numpy(face).permute(2, 0, 1))
+        if progress is not None:
+            progress(embedder.num_pushed, total)
+
+    # 4. offsets
+    window_starts, vision_embeds = embedder.finish()
+    if embedder.num_faces == 0:
+        raise NoFaceError(
+            f"No face found in any of the {embedder.num_pushed} frames (at 25 fps): the sync score needs a visible, "
+            "roughly frontal talking face. Check the video, or try another face detector."
+        )
+    if not len(window_starts):
+        raise _too_short_error(spec, max_offset, embedder.longest_run, num_audio_starts)
+    return offset_score(syncnet, window_starts, vision_embeds, audio, spec.num_frames, max_offset, batch_size)
+
+
+def score_video(
+    video_path: str | os.PathLike,
+    syncnet: StableSyncNet,
+    detector: FaceDetector | str | None = None,
+    audio_path: str | os.PathLike | None = None,
+    *,
+    progress: ProgressCallback | None = None,
+    **options,
+) -> SyncScore:
+    """Score the lip sync of a talking-face video file (any frame rate, variable too), streaming.
+
+    Args:
+        video_path: the video; its frames are resampled to 25 fps by timestamp.
+        syncnet, detector: as `score_frames`.
+        audio_path: the audio to score against (from time 0 of the video); ``None``: the video's own track.
+        progress: called with ``(frames_done, frames_total)`` after each 25 fps frame.
+        options: ``max_offset``, ``stride``, ``batch_size``, ``data``, ``face_index``, ``detect_size`` of
+            `score_frames`.
+
+    Raises:
+        NoFaceError: no frame has a usable face.
+        MediaError: unreadable media, no audio, or no window to score.
+        ConfigError: bad settings or a SyncNet that scoring does not support.
+    """
+    audio = load_audio(video_path if audio_path is None else audio_path, SCORE_SAMPLE_RATE)
+    with VideoReader(video_path) as reader:
+        total = reader.num_frames_at_fps(SCORE_FPS)
+        frames = (rgb for _, rgb in reader.frames_at_fps(SCORE_FPS))
+
+        def report(done: int, _: int) -> None:
+            progress(done, max(total, done))
+
+        try:
+            return score_frames(
+                frames, audio, syncnet, detector, progress=None if progress is None else report, **options
+            )
+        except NoFaceError as error:
+            raise NoFaceError(f"{video_path}: {error}") from None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Plot
+
+_WHITE, _BLACK, _GREY = (255, 255, 255), (0, 0, 0), (150, 150, 150)
+_CURVE, _BEST = (31, 119, 180), (214, 39, 40)
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+def _dashed_line(image: np.ndarray, start: tuple[int, int], end: tuple[int, int], color, dash: int = 6) -> None:
+    length = max(abs(end[0] - start[0]), abs(end[1] - start[1]))
+    for first in range(0, length, 2 * dash):
+        a, b = first / length, min(first + dash, length) / length
+        p = (round(start[0] + a * (end[0] - start[0])), round(start[1] + a * (end[1] - start[1])))
+        q = (round(start[0] + b * (end[0] - start[0])), round(start[1] + b * (end[1] - start[1])))
+        cv2.line(image, p, q, color, 1, cv2.LINE_AA)
+
+
+def _text(image: np.ndarray, text: str, origin: tuple[int, int], scale: float, color, anchor: str = "left") -> None:
+    """Text with its baseline at ``origin``; ``anchor`` ``left`` / ``centre`` / ``right`` places it horizontally."""
+    (width, _), _ = cv2.getTextSize(text, _FONT, scale, 1)
+    shift = {"left": 0, "centre": width // 2, "right": width}[anchor]
+    cv2.putText(image, text, (origin[0] - shift, origin[1]), _FONT, scale, color, 1, cv2.LINE_AA)
+
+
+def plot_offsets(score: SyncScore, width: int = 640, height: int = 400) -> np.ndarray:
+    """Mean distance against audio offset, drawn with OpenCV (no matplotlib).
+
+    The curve with a dot per offset, the minimum marked in red (with a vertical line), a dashed line at offset 0
+    and one at the median distance (confidence = median - minimum), and a title with the numbers.
+
+    Returns:
+        ``(height, width, 3)`` uint8 RGB.
+    """
+    if width < 320 or height < 200:
+        raise ConfigError(f"The plot needs at least 320x200 pixels, got {width}x{height}.")
+    image = np.full((height, width, 3), 255, dtype=np.uint8)
+    left, right, top, bottom = 70, width - 20, 50, height - 50
+
+    # 1. scales: x over the offsets, y over the distances with a 10 % margin
+    offsets, distances = score.offsets.astype(np.float64), score.mean_distances
+    low, high = float(distances.min()), float(distances.max())
+    margin = max((high - low) * 0.1, 1e-4)
+    low, high = low - margin, high + margin
+    span = max(offsets[-1] - offsets[0], 1.0)
+
+    def to_pixel(offset: float, distance: float) -> tuple[int, int]:
+        x = left + (offset - offsets[0]) / span * (right - left)
+        y = bottom - (distance - low) / (high - low) * (bottom - top)
+        return round(x), round(y)
+
+    # 2. axes, ticks and labels
+    cv2.rectangle(image, (left, top), (right, bottom), _BLACK, 1)
+    tick_step = 5 if span > 10 else 1
+    for offset in range(int(offsets[0]), int(offsets[-1]) + 1):
+        if offset % tick_step == 0:
+            x = to_pixel(offset, low)[0]
+            cv2.line(image, (x, bottom), (x, bottom + 5), _BLACK, 1)
+            _text(image, f"{offset:d}", (x, bottom + 20), 0.4, _BLACK, "centre")
+    for fraction in np.linspace(0.0, 1.0, 5):
+        distance = low + fraction * (high - low)
+        y = to_pixel(offsets[0], distance)[1]
+        cv2.line(image, (left - 5, y), (left, y), _BLACK, 1)
+        _text(image, f"{distance:.3f}", (left - 8, y + 4), 0.4, _BLACK, "right")
+    axis_label = "audio offset (frames at 25 fps; > 0: audio lags)"
+    _text(image, axis_label, ((left + right) // 2, height - 10), 0.45, _BLACK, "centre")
+    _text(image, "distance", (8, top - 10), 0.45, _BLACK)
+
+    # 3. reference lines: offset 0, median distance
+    if offsets[0] <= 0 <= offsets[-1]:
+        _dashed_line(image, to_pixel(0, low), to_pixel(0, high), _GREY)
+    median = float(np.median(distances))
+    _dashed_line(image, to_pixel(offsets[0], median), to_pixel(offsets[-1], median), _GREY)
+    _text(image, "median", (right - 4, to_pixel(offsets[-1], median)[1] - 4), 0.35, _GREY, "right")
+
+    # 4. curve, points, best offset
+    points = np.array([to_pixel(o, d) for o, d in zip(offsets, distances)], dtype=np.int32)
+    cv2.polylines(image, [points], False, _CURVE, 2, cv2.LINE_AA)
+    for point in points:
+        cv2.circle(image, tuple(int(v) for v in point), 3, _CURVE, -1, cv2.LINE_AA)
+    best = to_pixel(score.best_offset, score.min_distance)
+    cv2.line(image, (best[0], top), (best[0], bottom), _BEST, 1, cv2.LINE_AA)
+    cv2.circle(image, best, 6, _BEST, 2, cv2.LINE_AA)
+
+    # 5. title
+    title = (
+        f"confidence {score.confidence:.3f}   min distance {score.min_distance:.3f}   "
+        f"best offset {score.best_offset:+d}"
+    )
+    _text(image, title, (width // 2, 28), 0.5, _BLACK, "centre")
+    return image
+
+
+def save_png(image: np.ndarray, path: str | os.PathLike) -> Path:
+    """Write an ``(h, w, 3)`` uint8 RGB image as PNG (temporary file, then rename)."""
+    path = Path(path)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise MediaError(f"save_png needs an (h, w, 3) uint8 RGB image, got {image.shape} {image.dtype}.")
+    if not path.parent.is_dir():
+        raise MediaError(f"Output folder {path.parent} does not exist; create it first.")
+    ok, encoded = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise MediaError(f"OpenCV could not encode the {image.shape} image as PNG.")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_bytes(encoded.tobytes())
+        os.replace(temporary, path)
+    except OSError as error:
+        raise MediaError(f"Cannot write {path} ({error}).") from error
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path
