@@ -1,0 +1,193 @@
+"""DeepCache for the LatentSync UNet: reuse the deep features of the last full step on the steps in between.
+
+Ma et al., "DeepCache: Accelerating Diffusion Models for Free" (CVPR 2024). The deep (low-resolution) features of a
+UNet change slowly from one denoising step to the next, while the shallow ones carry the detail. Every
+``interval``-th step of a trajectory runs the whole UNet and keeps the hidden state that enters the decoder layer
+fed by skip connection ``branch``; the steps in between run only the shallow part (``conv_in``, the encoder layers
+that produce skips ``0 .. branch``, the decoder layers from that one on, ``conv_out``) and start the decoder from
+the kept hidden state.
+
+Skips are numbered in the order the encoder produces them: 0 is the ``conv_in`` output, then every encoder layer's
+output and every downsampled output, block by block (the UNet's decoder consumes them last first). With two layers
+per block this is the numbering of the ``DeepCache`` package's ``cache_branch_id`` for SD-1.5 (block ``id // 3``,
+layer ``id % 3``); the official ``inference.sh`` runs LatentSync with ``cache_interval=3, cache_branch_id=0``,
+where a cached step computes ``conv_in``, the last layer of the last decoder block (resnet, transformer, motion
+module) and ``conv_out``, and reuses everything else. The package caches per sub-module and leaves the motion modules
+unwrapped; they then recompute their cached inputs, so its outputs equal the ones here (which reuse the hidden state
+instead).
+
+Steps are counted per trajectory: a call whose timestep is not below the previous one, or whose input shape
+differs, starts a new trajectory with a full step (the DDIM timesteps fall strictly within one), so one wrapper
+serves every window of a video. With CFG the doubled batch is one call per step, as in the reference.
+
+Measured effect (``docs/benchmarks.md``): interval 3 / branch 0 makes the 20-step UNet work about 2x faster;
+the denoised latents move by about 5% of their spread (an approximation, not the exact path; default off).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from itertools import islice
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..models.unet import UNet3DConditionModel
+from ..models.unet_blocks import UNetBlock3D
+
+# The DeepCache setting of the official `inference.sh` (`--enable_deepcache`).
+OFFICIAL_CACHE_INTERVAL = 3
+OFFICIAL_CACHE_BRANCH = 0
+
+
+def num_skip_branches(unet: UNet3DConditionModel) -> int:
+    """Number of skip connections of ``unet`` (valid branches are ``0 .. n - 1``): ``conv_in`` plus one per encoder
+    layer and per downsampler (12 for the official configs)."""
+    return 1 + sum(
+        len(block.resnets) + (block.downsamplers is not None) for block in unet.down_blocks
+    )
+
+
+def _run_layer(
+    block: UNetBlock3D, index: int, hidden_states: torch.Tensor, temb: torch.Tensor, encoder_hidden_states: torch.Tensor
+) -> torch.Tensor:
+    """Layer ``index`` of a block, as the block runs it: resnet -> transformer -> motion module."""
+    hidden_states = block.resnets[index](hidden_states, temb)
+    if block.attentions is not None:
+        hidden_states = block.attentions[index](hidden_states, encoder_hidden_states)
+    if block.motion_modules is not None:
+        hidden_states = block.motion_modules[index](hidden_states)
+    return hidden_states
+
+
+class DeepCacheUNet(nn.Module):
+    """Wraps a `UNet3DConditionModel` and is called like it: ``(sample, timestep, encoder_hidden_states) -> noise``.
+
+    Args:
+        unet: the model (its weights are shared, not copied; the wrapper's ``parameters()`` are the UNet's).
+        interval: run the whole UNet every ``interval`` steps of a trajectory (1 = every step: the UNet's output,
+            bit for bit).
+        branch: skip connection whose decoder layer starts the cached steps (0 = shallowest, fastest; larger
+            values recompute more and stay closer to the exact path).
+
+    Raises:
+        ConfigError: ``interval < 1`` or a branch the UNet does not have.
+    """
+
+    def __init__(
+        self, unet: UNet3DConditionModel, interval: int = OFFICIAL_CACHE_INTERVAL, branch: int = OFFICIAL_CACHE_BRANCH
+    ):
+        super().__init__()
+        num_branches = num_skip_branches(unet)
+        if interval < 1:
+            raise ConfigError(f"DeepCache interval must be >= 1 (1 = off), got {interval}")
+        if not 0 <= branch < num_branches:
+            raise ConfigError(f"DeepCache branch must be between 0 and {num_branches - 1} for this UNet, got {branch}")
+        self.unet = unet
+        self.interval = interval
+        self.branch = branch
+        # Decoder layers are numbered in execution order; the one at `cache_position` consumes skip `branch`.
+        self.cache_position = num_branches - 1 - branch
+        self.reset()
+
+    @property
+    def config(self):
+        return self.unet.config
+
+    def reset(self) -> None:
+        """Forget the cached features; the next call is a full step."""
+        self.cached_hidden_states: Optional[torch.Tensor] = None
+        self.cached_shape: Optional[torch.Size] = None
+        self.last_timestep: Optional[float] = None
+        self.step_index = 0
+        self.num_full_steps = 0
+        self.num_cached_steps = 0
+
+    def forward(
+        self, sample: torch.Tensor, timestep: torch.Tensor | float, encoder_hidden_states: torch.Tensor
+    ) -> torch.Tensor:
+        """Predict the noise; same arguments and result as `UNet3DConditionModel.forward`."""
+        if self.interval == 1:
+            return self.unet(sample, timestep, encoder_hidden_states)
+        unet = self.unet
+
+        # 0. full or cached step
+        latest = float(torch.as_tensor(timestep).max())
+        if self.last_timestep is None or latest >= self.last_timestep or sample.shape != self.cached_shape:
+            self.step_index = 0  # a new trajectory
+        full_step = self.step_index % self.interval == 0
+        self.step_index += 1
+        self.last_timestep = latest
+
+        # 1. time, audio and conv_in, as the UNet does them
+        if full_step:
+            unet._check_inputs(sample, encoder_hidden_states)
+        batch, num_frames = sample.shape[0], sample.shape[2]
+        timesteps = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(batch)
+        temb = unet.time_embedding(unet.time_proj(timesteps).to(unet.time_embedding.linear_1.weight.dtype))
+        encoder_hidden_states = encoder_hidden_states.reshape(batch * num_frames, *encoder_hidden_states.shape[2:])
+        hidden_states = unet.conv_in(2 * sample - 1.0 if unet.config.center_input_sample else sample)
+
+        # 2. encoder: every skip on a full step, skips 0 .. branch on a cached one; then the mid block
+        skip_path = self._encoder(hidden_states, temb, encoder_hidden_states)
+        if full_step:
+            skips = list(skip_path)
+            hidden_states = unet.mid_block(skips[-1], temb, encoder_hidden_states)
+            start = 0
+            self.num_full_steps += 1
+        else:
+            skips = list(islice(skip_path, self.branch + 1))
+            hidden_states = self.cached_hidden_states
+            start = self.cache_position
+            self.num_cached_steps += 1
+
+        # 3. decoder from layer `start`, keeping the hidden state that enters layer `cache_position`
+        hidden_states = self._decoder(hidden_states, skips, temb, encoder_hidden_states, start, keep=full_step)
+        if full_step:
+            self.cached_shape = sample.shape
+
+        # 4. post-process
+        return unet.conv_out(unet.conv_act(unet.conv_norm_out(hidden_states)))
+
+    def _encoder(
+        self, hidden_states: torch.Tensor, temb: torch.Tensor, encoder_hidden_states: torch.Tensor
+    ) -> Iterator[torch.Tensor]:
+        """Yield the skips in order, computing each only when asked for: the ``conv_in`` output ``hidden_states``,
+        then every encoder layer's output and every downsampled output."""
+        yield hidden_states
+        for block in self.unet.down_blocks:
+            for index in range(len(block.resnets)):
+                hidden_states = _run_layer(block, index, hidden_states, temb, encoder_hidden_states)
+                yield hidden_states
+            if block.downsamplers is not None:
+                hidden_states = block.downsamplers[0](hidden_states)
+                yield hidden_states
+
+    def _decoder(
+        self,
+        hidden_states: torch.Tensor,
+        skips: list[torch.Tensor],
+        temb: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        start: int,
+        keep: bool,
+    ) -> torch.Tensor:
+        """Run decoder layers ``start ..`` (with the upsamplers after them), consuming ``skips`` last first.
+
+        ``hidden_states`` enters layer ``start``; with ``keep`` the hidden state entering layer ``cache_position``
+        is stored for the cached steps.
+        """
+        position = 0
+        for block in self.unet.up_blocks:
+            for index in range(len(block.resnets)):
+                if position >= start:
+                    if keep and position == self.cache_position:
+                        self.cached_hidden_states = hidden_states
+                    hidden_states = torch.cat([hidden_states, skips.pop()], dim=1)
+                    hidden_states = _run_layer(block, index, hidden_states, temb, encoder_hidden_states)
+                position += 1
+            if block.upsamplers is not None and position > start:
+                hidden_states = block.upsamplers[0](hidden_states, skips[-1].shape[-2:])
+        return hidden_states

@@ -1,0 +1,327 @@
+"""Speed switches of a lip-sync run, each measured against the exact path (numbers in ``docs/benchmarks.md``).
+
+`SpeedSettings` holds them; its defaults are the exact path (every switch off, or on where it cannot change the
+output). The model precision is not here: it is ``LipSyncSettings.dtype`` (one table per value). Helpers apply the
+switches to a sampler call::
+
+    speed = SpeedSettings(deepcache_interval=3)
+    unet_fn = wrap_unet(unet, speed)                       # DeepCache and/or torch.compile around the UNet
+    results = sample_windows(unet_fn, windows, speed.window_batch, num_inference_steps=20)
+    frames = prefetch(decoded_frames, depth=8)             # decode in a background thread (io_overlap)
+
+``python -m latentsync bench --compare "deepcache_interval=3"`` measures any of them on random weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Optional, TypeVar
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..models.unet_blocks import UNetBlock3D
+from .ddim import sample_ddim
+from .deepcache import OFFICIAL_CACHE_BRANCH, DeepCacheUNet
+from .settings import SettingSpec
+
+T = TypeVar("T")
+
+
+def _switch(default, help: str, **bounds):
+    return field(default=default, metadata={"spec": SettingSpec(help, **bounds)})
+
+
+@dataclass(frozen=True)
+class SpeedSettings:
+    """Speed switches; the defaults give the exact path.
+
+    Attributes:
+        deepcache_interval: run the whole UNet every this many denoising steps and only its shallow layers in
+            between (`DeepCacheUNet`); 1 = off (exact). 3 is what the official ``inference.sh`` uses. Measured on
+            CPU: 20 steps of UNet work 2.3x (tiny) / 2.5x (mid-size) faster at interval 3, branch 0. An
+            approximation: on random weights the final latents move by 40-70% of their spread; the trained
+            model's deep features change slowly, which DeepCache relies on (measure with real weights on a GPU
+            with ``bench --unet``).
+        deepcache_branch: the skip connection the cached steps start the decoder from (0 = shallowest, fastest;
+            higher = closer to exact, slower). Official: 0.
+        compile: ``torch.compile`` each resnet, transformer and motion module of the UNet (regional compilation,
+            so DeepCache can still skip layers). Output within 1e-5 of eager (float32). On this CPU it costs about
+            a minute of compiling and runs no faster (0.9x); meant for CUDA GPUs.
+        vae_batch: images per VAE encode/decode call (`DiffusersVAE.slice_size`). Exact at any value (the VAE is
+            per image); larger uses more memory and helps GPUs; on the CPU it hardly matters.
+        window_batch: denoise this many windows of ``num_frames`` frames in one UNet batch (`sample_windows`).
+            Same math, output within float rounding (< 1e-4); a throughput lever on GPUs whose 16-frame batch does
+            not fill the device; no gain on the CPU.
+        detect_size: run face detection on a copy of each frame whose longer side is at most this many pixels
+            (tracking and landmark smoothing keep following the face); None = full size (exact).
+        io_overlap: decode the next frames and encode finished ones in background threads (`prefetch`,
+            `background_calls`), so the models do not wait for video IO. Exact (same frames, same order).
+    """
+
+    deepcache_interval: int = _switch(
+        1, "DeepCache: full UNet every N steps, shallow layers in between (1 = off, exact; official 3)",
+        minimum=1, maximum=10, step=1,
+    )  # fmt: skip
+    deepcache_branch: int = _switch(
+        OFFICIAL_CACHE_BRANCH, "DeepCache skip branch the cached steps recompute from (0 = fastest)",
+        minimum=0, maximum=11, step=1,
+    )  # fmt: skip
+    compile: bool = _switch(False, "torch.compile the UNet layers (slow first window; for CUDA GPUs)")
+    vae_batch: int = _switch(8, "images per VAE call (exact at any value)", minimum=1, maximum=64, step=1)
+    window_batch: int = _switch(
+        1, "windows denoised together in one UNet batch (GPU throughput)", minimum=1, maximum=16, step=1
+    )
+    detect_size: Optional[int] = _switch(
+        None, "detect faces on frames shrunk to this longer side (None = full size)",
+        minimum=64, maximum=4096, step=1, optional=True,
+    )  # fmt: skip
+    io_overlap: bool = _switch(False, "decode and encode video in background threads (exact)")
+
+    def __post_init__(self):
+        for item in dataclasses.fields(self):
+            _check(item.name, getattr(self, item.name), item.metadata["spec"], item.default)
+
+    def replace(self, **changes) -> "SpeedSettings":
+        """A copy with some switches changed (checked again)."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def exact(self) -> bool:
+        """Whether these switches keep the output of the exact path (up to float rounding)."""
+        return self.deepcache_interval == 1 and self.detect_size is None
+
+
+def _check(name: str, value, spec: SettingSpec, default) -> None:
+    if value is None and spec.optional:
+        return
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be true or false, got {value!r}")
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name} must be a whole number, got {value!r}")
+    if not spec.minimum <= value <= spec.maximum:
+        raise ConfigError(f"{name} must be between {spec.minimum} and {spec.maximum}, got {value}")
+
+
+SPEED_SPECS: dict[str, SettingSpec] = {item.name: item.metadata["spec"] for item in dataclasses.fields(SpeedSettings)}
+EXACT = SpeedSettings()
+# The switches of the official `inference.sh`: DeepCache interval 3, branch 0.
+OFFICIAL = SpeedSettings(deepcache_interval=3)
+
+
+def parse_switches(text: str) -> dict:
+    """``"deepcache_interval=3,compile=true"`` -> ``{"deepcache_interval": 3, "compile": True}`` (for the CLI).
+
+    Raises:
+        ConfigError: an unknown name or a value of the wrong kind.
+    """
+    switches = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, separator, value = item.partition("=")
+        name, value = name.strip(), value.strip()
+        if not separator or name not in SPEED_SPECS:
+            raise ConfigError(f"unknown speed switch {item!r}; use NAME=VALUE with NAME one of {', '.join(SPEED_SPECS)}")
+        default = getattr(EXACT, name)
+        if isinstance(default, bool):
+            if value.lower() not in ("true", "false", "1", "0", "on", "off"):
+                raise ConfigError(f"{name} must be true or false, got {value!r}")
+            switches[name] = value.lower() in ("true", "1", "on")
+        elif value.lower() in ("none", "off") and SPEED_SPECS[name].optional:
+            switches[name] = None
+        else:
+            try:
+                switches[name] = int(value)
+            except ValueError:
+                raise ConfigError(f"{name} must be a whole number, got {value!r}") from None
+    return switches
+
+
+# ----------------------------------------------------------------------------------------------------------
+# UNet and sampler
+
+
+def compile_layers(unet: nn.Module, **compile_options) -> nn.Module:
+    """``torch.compile`` every resnet, spatial transformer and motion module of ``unet``, in place.
+
+    Compiling the repeated layers instead of the whole model ("regional compilation") compiles each distinct
+    layer shape once and keeps the Python control flow around them, so `DeepCacheUNet` can still choose which
+    layers to run. ``compile_options`` go to `torch.nn.Module.compile` (e.g. ``mode="max-autotune"``).
+    """
+    for module in unet.modules():
+        if isinstance(module, UNetBlock3D):
+            for layers in (module.resnets, module.attentions, module.motion_modules):
+                for layer in layers if layers is not None else ():
+                    layer.compile(**compile_options)
+    return unet
+
+
+def wrap_unet(unet: nn.Module, speed: SpeedSettings = EXACT) -> nn.Module:
+    """The UNet as the sampler should call it under ``speed``: compiled layers (in place) and/or DeepCache.
+
+    Returns ``unet`` itself when neither switch is on.
+    """
+    if speed.compile:
+        compile_layers(unet)
+    if speed.deepcache_interval > 1:
+        return DeepCacheUNet(unet, speed.deepcache_interval, speed.deepcache_branch)
+    return unet
+
+
+@dataclass
+class WindowInputs:
+    """What `sample_ddim` needs for one window of ``f`` frames, batch 1.
+
+    Attributes:
+        latents: ``x_T`` ``(1, 4, f, h, w)``.
+        mask_latents: ``(1, 1, f, h, w)``.
+        masked_image_latents: ``(1, 4, f, h, w)``.
+        ref_latents: ``(1, 4, f, h, w)``.
+        audio_embeds: ``(1, f, n, d)``.
+    """
+
+    latents: torch.Tensor
+    mask_latents: torch.Tensor
+    masked_image_latents: torch.Tensor
+    ref_latents: torch.Tensor
+    audio_embeds: torch.Tensor
+
+
+def sample_windows(
+    unet: Callable, windows: Sequence[WindowInputs], window_batch: int = 1, **sample_options
+) -> list[torch.Tensor]:
+    """Denoise several windows, ``window_batch`` at a time in one UNet batch (consecutive windows of equal shape).
+
+    Every window is denoised independently (the UNet treats batch items apart), so the result equals one
+    `sample_ddim` call per window up to float rounding of the larger matrix products.
+
+    Args:
+        unet: what `sample_ddim` calls (e.g. `wrap_unet`'s result).
+        windows: the windows, in order.
+        window_batch: windows per UNet batch (the guided batch is twice that).
+        sample_options: passed to `sample_ddim` (``num_inference_steps``, ``guidance_scale``, ``scheduler``, ...).
+
+    Returns:
+        ``x_0`` ``(1, 4, f, h, w)`` per window, in order.
+    """
+    results: list[torch.Tensor] = []
+    start = 0
+    while start < len(windows):
+        shape = windows[start].latents.shape
+        stop = start + 1
+        while stop < len(windows) and stop - start < window_batch and windows[stop].latents.shape == shape:
+            stop += 1
+        group = windows[start:stop]
+        batched = {
+            name: torch.cat([getattr(window, name) for window in group])
+            for name in ("latents", "mask_latents", "masked_image_latents", "ref_latents", "audio_embeds")
+        }
+        results.extend(sample_ddim(unet, **batched, **sample_options).split(1))
+        start = stop
+    return results
+
+
+# ----------------------------------------------------------------------------------------------------------
+# IO overlap
+
+_DONE = object()
+
+
+def prefetch(items: Iterable[T], depth: int = 8) -> Iterator[T]:
+    """Yield ``items`` in order while a background thread produces up to ``depth`` of them ahead.
+
+    For decoding: PyAV and OpenCV release the GIL while they work, so the next frames decode while the caller
+    computes. An exception in the producer is raised in the caller at the item where it happened. Closing the
+    returned iterator (or leaving a ``for`` loop early) stops the thread and closes ``items`` if it can be.
+    """
+    if depth < 1:
+        raise ConfigError(f"prefetch depth must be >= 1, got {depth}")
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        iterator = iter(items)
+        try:
+            for item in iterator:
+                while not stop.is_set():
+                    try:
+                        buffer.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            buffer.put((_DONE, None))
+        except BaseException as error:  # handed to the consumer
+            buffer.put((_DONE, error))
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=produce, name="latentsync-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = buffer.get()
+            if item is _DONE:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                buffer.get(timeout=0.1)  # unblock a producer waiting on a full buffer
+            except queue.Empty:
+                pass
+        thread.join()
+
+
+@contextmanager
+def background_calls(function: Callable[[T], object], depth: int = 8) -> Iterator[Callable[[T], None]]:
+    """Run ``function(item)`` for every submitted item, in order, in one background thread.
+
+    For encoding: ``with background_calls(writer.write_frame) as submit: submit(frame)``. At most ``depth`` items
+    wait; `submit` blocks when the thread falls behind. Leaving the block waits for the queue to drain. An
+    exception in ``function`` is raised by the next `submit` or on leaving the block, and later items are dropped.
+    """
+    if depth < 1:
+        raise ConfigError(f"background queue depth must be >= 1, got {depth}")
+    pending: queue.Queue = queue.Queue(maxsize=depth)
+    errors: list[BaseException] = []
+
+    def consume() -> None:
+        while True:
+            item = pending.get()
+            if item is _DONE:
+                return
+            if not errors:
+                try:
+                    function(item)
+                except BaseException as error:  # handed to the submitter
+                    errors.append(error)
+
+    thread = threading.Thread(target=consume, name="latentsync-background", daemon=True)
+    thread.start()
+
+    def submit(item: T) -> None:
+        if errors:
+            raise errors[0]
+        pending.put(item)
+
+    try:
+        yield submit
+    finally:
+        pending.put(_DONE)
+        thread.join()
+    if errors:
+        raise errors[0]
