@@ -158,7 +158,9 @@ def start_comfy_server(
         "--database-url",
         f"sqlite:///{base_dir / 'user' / 'comfyui.db'}",
     ]
-    env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
+    # One torch thread: on small CPUs the tiny models run ~2.5x faster than with a thread per core fighting the
+    # server's other threads.
+    env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     log_path = base_dir / "comfyui.log"
     started = time.monotonic()
     with open(log_path, "wb") as log:

@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
-from .comfy_server import ComfyServer
+from .comfy_server import REPO_ROOT, ComfyServer
 
 NODE_PREFIX = "LatentSync"
+EXPECTED_NODES = {
+    "LatentSyncModelLoader",
+    "LatentSyncLoRA",
+    "LatentSyncVAELoader",
+    "LatentSyncAudioEncoderLoader",
+    "LatentSyncAudioEncode",
+    "LatentSyncFaceDetectorLoader",
+    "LatentSyncFacePrepare",
+    "LatentSyncSampler",
+    "LatentSyncVideoSampler",
+    "LatentSyncLipSync",
+    "LatentSyncSpeed",
+    "LatentSyncCreateVideo",
+    "LatentSyncSyncNetLoader",
+    "LatentSyncSyncScore",
+}
 
 
 def pack_nodes(comfy: ComfyServer) -> dict[str, dict]:
@@ -19,6 +35,22 @@ def test_pack_imported_without_error(comfy: ComfyServer) -> None:
     line = comfy.pack_import_line()
     assert line is not None, f"ComfyUI did not try to import {comfy.pack_link}; log:\n{comfy.log_text()[-4000:]}"
     assert "IMPORT FAILED" not in line, f"the pack failed to import; log:\n{comfy.log_text()[-4000:]}"
+
+
+def test_pack_registers_every_node_in_its_category(comfy: ComfyServer) -> None:
+    nodes = pack_nodes(comfy)
+    assert set(nodes) == EXPECTED_NODES
+    for name, info in nodes.items():
+        assert info["category"] == "LatentSync", name
+        assert info["display_name"].startswith("LatentSync "), name
+        assert info["description"], name
+
+
+def test_example_workflows_are_listed_without_their_api_twins(comfy: ComfyServer) -> None:
+    templates = comfy.get_json("/workflow_templates")
+    assert sorted(templates[comfy.pack_link.name]) == sorted(
+        path.stem for path in (REPO_ROOT / "workflows").glob("*.json")
+    )
 
 
 def test_pack_nodes_come_from_the_pack(comfy: ComfyServer) -> None:

@@ -1,0 +1,157 @@
+"""What the node modules share: the pack's socket types, model folders, inputs built from the settings table,
+and the bridge from the pipeline's progress / cancel callbacks to ComfyUI."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import folder_paths
+import numpy as np
+import torch
+from comfy import model_management
+from comfy.cli_args import args
+from comfy.utils import ProgressBar
+from comfy_api.latest import io
+from PIL import Image
+
+from ..latentsync.errors import ConfigError
+from .data import StepProgress, setting_widget
+
+CATEGORY = "LatentSync"
+
+MODEL = io.Custom("LATENTSYNC_MODEL")
+AUDIO_ENCODER = io.Custom("LATENTSYNC_AUDIO_ENCODER")
+AUDIO_EMBEDS = io.Custom("LATENTSYNC_AUDIO_EMBEDS")
+FACE_DETECTOR = io.Custom("LATENTSYNC_FACE_DETECTOR")
+FACES = io.Custom("LATENTSYNC_FACES")
+SYNCNET = io.Custom("LATENTSYNC_SYNCNET")
+VAE = io.Custom("LATENTSYNC_VAE")
+SPEED = io.Custom("LATENTSYNC_SPEED")
+
+# ----------------------------------------------------------------------------------------------------------
+# Model folders
+
+MODEL_FOLDER = "latentsync"  # models/latentsync: latentsync_unet.pt, whisper/tiny.pt, stable_syncnet.pt
+MODEL_EXTENSIONS = {".safetensors", ".pt", ".pth"}
+INSIGHTFACE_FOLDER = "insightface"  # models/insightface/models/buffalo_l/{det_10g,2d106det}.onnx
+LORA_FOLDER = "loras"
+
+
+def register_model_folder(name: str, extensions: set[str], own_extensions: bool) -> None:
+    """Add ``models/<name>`` to ComfyUI's folder ``name`` without dropping folders an extra_model_paths.yaml gave it
+    (those are registered before custom nodes load). ``own_extensions``: the folder is ours, so its file types are
+    ``extensions`` even if the yaml created it; otherwise another pack's file types are kept."""
+    default = os.path.join(folder_paths.models_dir, name)
+    if name not in folder_paths.folder_names_and_paths:
+        folder_paths.folder_names_and_paths[name] = ([default], set(extensions))
+        return
+    folder_paths.add_model_folder_path(name, default)
+    paths, current = folder_paths.folder_names_and_paths[name]
+    folder_paths.folder_names_and_paths[name] = (paths, set(extensions) if own_extensions else current)
+
+
+register_model_folder(MODEL_FOLDER, MODEL_EXTENSIONS, own_extensions=True)
+register_model_folder(INSIGHTFACE_FOLDER, {".onnx"}, own_extensions=False)
+
+
+def model_files(folder: str, prefer: str = "") -> tuple[list[str], str | None]:
+    """The files of a model folder and the default to show: the first whose name contains ``prefer``."""
+    files = folder_paths.get_filename_list(folder)
+    default = next((name for name in files if prefer in name.lower()), files[0] if files else None)
+    return files, default
+
+
+def model_file_problem(folder: str, name: str) -> str | None:
+    """Why ``name`` cannot be loaded from ``folder`` (for ``validate_inputs``), or None."""
+    if folder_paths.get_full_path(folder, name) is not None:
+        return None
+    places = ", ".join(folder_paths.get_folder_paths(folder))
+    return f"'{name}' is not in the '{folder}' model folder ({places}). Put the file there and refresh."
+
+
+def full_path(folder: str, name: str) -> Path:
+    return Path(folder_paths.get_full_path_or_raise(folder, name))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Inputs from the settings table
+
+
+def setting_input(name: str, display_name: str | None = None, widget: dict | None = None, **overrides) -> io.Input:
+    """The input of `LipSyncSettings` field ``name`` with its default, bounds and help from ``SETTING_SPECS`` (or
+    from ``widget``, `setting_widget` of another table)."""
+    options = {**(widget or setting_widget(name)), **overrides}
+    if "options" in options:
+        return io.Combo.Input(name, display_name=display_name, **options)
+    if isinstance(options["default"], float):
+        return io.Float.Input(name, display_name=display_name, **options)
+    return io.Int.Input(name, display_name=display_name, **options)
+
+
+def vae_input() -> io.Input:
+    """The samplers' VAE: ComfyUI's (Load VAE) or LatentSync VAE Loader's."""
+    return io.MultiType.Input(
+        "vae",
+        types=[io.Vae, VAE],
+        tooltip="The SD 1.5 VAE (sd-vae-ft-mse), from Load VAE or from LatentSync VAE Loader (the reference's "
+        "diffusers implementation; also loads diffusers folders).",
+    )
+
+
+def generation_inputs() -> list[io.Input]:
+    """Steps, guidance, seed and window length: the inputs every sampling node has."""
+    return [
+        setting_input("num_inference_steps", "steps"),
+        setting_input("guidance_scale", "guidance"),
+        setting_input("seed", control_after_generate=True),
+        setting_input("num_frames", "window_frames"),
+    ]
+
+
+def policy_inputs() -> list[io.Input]:
+    return [setting_input("long_audio"), setting_input("short_audio"), setting_input("no_face")]
+
+
+def check_choice(name: str, value, options) -> None:
+    """Raise `ConfigError` unless ``value`` is one of ``options`` (ComfyUI does not check V3 combo values; a
+    ``validate_inputs`` would attach its message to every input it names, so combos are checked when they run)."""
+    if value not in options:
+        raise ConfigError(f"{name} must be one of {list(options)}, got {value!r}.")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Progress and cancel
+
+
+def check_cancel() -> bool:
+    """The pipeline's ``cancel`` callback: raises ComfyUI's interrupt (so the run stops as a cancel, not an
+    error) when the user pressed Cancel; otherwise False."""
+    model_management.throw_exception_if_processing_interrupted()
+    return False
+
+
+class SamplingProgress:
+    """A ComfyUI progress bar over the denoising steps of a run, previewing the newest generated face.
+
+    ``progress`` and ``cancel`` are the pipeline's callbacks; pass ``show`` as the codec's ``on_decoded``.
+    """
+
+    def __init__(self, steps: StepProgress):
+        self.steps = steps
+        self.bar = ProgressBar(steps.total)
+        self.preview = None
+
+    def progress(self, stage: str, done: int, total: int) -> None:
+        if stage == "denoise":
+            self.bar.update_absolute(self.steps.step(), preview=self.preview)
+
+    cancel = staticmethod(check_cancel)
+
+    def show(self, pixels: torch.Tensor) -> None:
+        """Keep the first face of a decoded window ``(f, 3, R, R)`` in [-1, 1] as the preview."""
+        face = ((pixels[0].permute(1, 2, 0) + 1) * 127.5).clamp(0, 255).round().to(torch.uint8).numpy()
+        self.preview = ("JPEG", Image.fromarray(np.ascontiguousarray(face)), args.preview_size)
+
+    def finish(self) -> None:
+        self.bar.update_absolute(self.steps.total, preview=self.preview)

@@ -1,0 +1,432 @@
+"""Loader nodes: the UNet, the Whisper audio encoder, the face detector, the SyncNet, and LoRAs.
+
+Models are wrapped in ComfyUI ``ModelPatcher``s: ComfyUI moves them to the GPU when a node needs them
+(``load_models_gpu``), offloads them to the CPU when another model needs the memory, and applies LoRAs as weight
+patches it can undo. Loaded models are also kept in `MODELS` (the last one of each kind), so the all-in-one node
+does not reload them when only a setting changed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import folder_paths
+import torch
+from comfy import model_management
+from comfy.model_patcher import ModelPatcher
+from comfy.weight_adapter.lora import LoRAAdapter
+from comfy_api.latest import io
+
+from ..latentsync.audio.whisper import load_whisper
+from ..latentsync.errors import CheckpointError
+from ..latentsync.face.detectors import FaceDetector, create_face_detector
+from ..latentsync.face.detectors.insightface import DETECTION_MODEL_FILE, LANDMARK_MODEL_FILE
+from ..latentsync.models.lora import read_lora
+from ..latentsync.models.syncnet import load_syncnet
+from ..latentsync.models.unet_loading import load_unet
+from ..latentsync.models.vae import load_vae
+from ..latentsync.pipeline.models import infer_resolution
+from ..latentsync.pipeline.settings import AUTO, DTYPES, SETTING_SPECS
+from .common import (
+    AUDIO_ENCODER,
+    CATEGORY,
+    FACE_DETECTOR,
+    INSIGHTFACE_FOLDER,
+    LORA_FOLDER,
+    MODEL,
+    MODEL_FOLDER,
+    SYNCNET,
+    VAE,
+    check_choice,
+    full_path,
+    model_file_problem,
+    model_files,
+    setting_input,
+)
+from .data import LatentSyncModel, ManagedModule, ModelCache, file_key
+
+logger = logging.getLogger(__name__)
+
+MODELS = ModelCache()
+DEVICES = (AUTO, "cpu")
+RESOLUTIONS = (AUTO, *(str(r) for r in SETTING_SPECS["resolution"].choices))
+DEFAULT_INSIGHTFACE_MODEL = "buffalo_l"
+
+DEVICE_TOOLTIP = (
+    "auto: ComfyUI's device (the GPU), offloaded to the CPU when other models need the memory; cpu: always on the "
+    "CPU (slow, frees the GPU)."
+)
+
+
+def model_devices(device: str) -> tuple[torch.device, torch.device]:
+    """``(load device, offload device)`` for a device choice."""
+    check_choice("device", device, DEVICES)
+    if device == "cpu":
+        return torch.device("cpu"), torch.device("cpu")
+    return model_management.get_torch_device(), model_management.unet_offload_device()
+
+
+def model_dtype(dtype: str, load_device: torch.device) -> torch.dtype:
+    """The UNet dtype of a dtype choice; ``auto`` is ComfyUI's pick for diffusion models on ``load_device``."""
+    check_choice("dtype", dtype, SETTING_SPECS["dtype"].choices)
+    if dtype != AUTO:
+        return DTYPES[dtype]
+    return model_management.unet_dtype(load_device, supported_dtypes=[torch.float16, torch.bfloat16, torch.float32])
+
+
+def managed(module: torch.nn.Module, device: str) -> ModelPatcher:
+    """``module`` (on the offload device) in a ModelPatcher for a device choice."""
+    load_device, offload_device = model_devices(device)
+    return ModelPatcher(ManagedModule(module), load_device=load_device, offload_device=offload_device)
+
+
+def load_model(unet_name: str, resolution: str = AUTO, dtype: str = AUTO, device: str = AUTO) -> LatentSyncModel:
+    """The UNet ``unet_name`` of ``models/latentsync`` as a `LatentSyncModel` (cached in `MODELS`)."""
+    path = full_path(MODEL_FOLDER, unet_name)
+    load_device, offload_device = model_devices(device)
+    torch_dtype = model_dtype(dtype, load_device)
+
+    def load() -> ModelPatcher:
+        return managed(load_unet(path, device=offload_device, dtype=torch_dtype), device)
+
+    patcher = MODELS.get("unet", (file_key(path), torch_dtype, device), load)
+    check_choice("resolution", resolution, RESOLUTIONS)
+    if resolution == AUTO:
+        size, reason = infer_resolution(path)
+    else:
+        size, reason = int(resolution), "chosen in LatentSync Model Loader"
+    logger.info("LatentSync UNet %s (%s), face resolution %d: %s", path.name, torch_dtype, size, reason)
+    return LatentSyncModel(patcher, size, reason, path)
+
+
+def load_audio_encoder(whisper_name: str, device: str = AUTO) -> ModelPatcher:
+    """The Whisper checkpoint ``whisper_name`` of ``models/latentsync`` in a ModelPatcher (float32, cached)."""
+    path = full_path(MODEL_FOLDER, whisper_name)
+    offload_device = model_devices(device)[1]
+    return MODELS.get(
+        "whisper", (file_key(path), device), lambda: managed(load_whisper(path, device=offload_device), device)
+    )
+
+
+def vae_choices() -> list[str]:
+    """VAEs in ``models/vae``: diffusers folders (with a config.json) first, then single files outside them."""
+    folders = {
+        config.parent.name
+        for root in folder_paths.get_folder_paths("vae")
+        for config in Path(root).glob("*/config.json")
+    }
+    files = [name for name in folder_paths.get_filename_list("vae") if Path(name).parts[0] not in folders]
+    return sorted(folders) + files
+
+
+def vae_problem(name: str) -> str | None:
+    """Why ``name`` is not a VAE of `vae_choices` (for ``validate_inputs``), or None."""
+    if name in vae_choices():
+        return None
+    places = ", ".join(folder_paths.get_folder_paths("vae"))
+    return f"'{name}' is neither a VAE file nor a diffusers VAE folder in the 'vae' model folder ({places})."
+
+
+def vae_path(name: str) -> Path:
+    """The diffusers folder or file ``name`` of `vae_choices`."""
+    for root in folder_paths.get_folder_paths("vae"):
+        if (Path(root, name) / "config.json").is_file():
+            return Path(root, name)
+    return full_path("vae", name)
+
+
+def load_managed_vae(vae_name: str, dtype: str = AUTO, device: str = AUTO) -> ModelPatcher:
+    """A VAE of ``models/vae`` as the diffusers ``AutoencoderKL`` LatentSync uses, in a ModelPatcher (cached)."""
+    path = vae_path(vae_name)
+    load_device, offload_device = model_devices(device)
+    check_choice("dtype", dtype, SETTING_SPECS["dtype"].choices)
+    if dtype == AUTO:
+        torch_dtype = model_management.vae_dtype(load_device, [torch.float16, torch.bfloat16, torch.float32])
+    else:
+        torch_dtype = DTYPES[dtype]
+    key = (str(path), path.stat().st_mtime_ns, torch_dtype, device)
+    return MODELS.get("vae", key, lambda: managed(load_vae(path, device=offload_device, dtype=torch_dtype), device))
+
+
+def insightface_models() -> list[str]:
+    """Folders ``models/insightface/models/<name>`` that hold InsightFace's detection and landmark models."""
+    names = set()
+    for root in folder_paths.get_folder_paths(INSIGHTFACE_FOLDER):
+        for folder in Path(root, "models").glob("*"):
+            if (folder / DETECTION_MODEL_FILE).is_file() and (folder / LANDMARK_MODEL_FILE).is_file():
+                names.add(folder.name)
+    return sorted(names)
+
+
+def insightface_dir(name: str) -> Path:
+    """The folder of InsightFace model ``name``; raises `CheckpointError` saying where to put it."""
+    roots = folder_paths.get_folder_paths(INSIGHTFACE_FOLDER)
+    for root in roots:
+        folder = Path(root, "models", name)
+        if (folder / DETECTION_MODEL_FILE).is_file() and (folder / LANDMARK_MODEL_FILE).is_file():
+            return folder
+    places = " or ".join(str(Path(root, "models", name)) for root in roots)
+    raise CheckpointError(
+        f"InsightFace model '{name}' not found: put {DETECTION_MODEL_FILE} and {LANDMARK_MODEL_FILE} (from "
+        f"InsightFace's buffalo_l) in {places}, or use the mediapipe detector."
+    )
+
+
+def load_face_detector(detector: str, insightface_model: str = DEFAULT_INSIGHTFACE_MODEL) -> FaceDetector:
+    """A face detector by name (cached); InsightFace reads its models from ``models/insightface/models``."""
+    if detector == "insightface":
+        folder = insightface_dir(insightface_model)
+        return MODELS.get("detector", (detector, str(folder)), lambda: create_face_detector(detector, model_dir=folder))
+    return MODELS.get("detector", (detector,), lambda: create_face_detector(detector))
+
+
+class LatentSyncModelLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        files, default = model_files(MODEL_FOLDER, prefer="unet")
+        return io.Schema(
+            node_id="LatentSyncModelLoader",
+            display_name="LatentSync Model Loader",
+            category=CATEGORY,
+            description="Loads a LatentSync 1.5 / 1.6 UNet (latentsync_unet.pt) from models/latentsync.",
+            inputs=[
+                io.Combo.Input(
+                    "unet_name",
+                    options=files,
+                    default=default,
+                    tooltip="The UNet checkpoint in models/latentsync (latentsync_unet.pt of ByteDance/LatentSync-1.5 "
+                    "or -1.6, or a fine-tune of it).",
+                ),
+                io.Combo.Input(
+                    "resolution",
+                    options=list(RESOLUTIONS),
+                    default=AUTO,
+                    tooltip="Face resolution the UNet was trained at: 256 for LatentSync 1.5, 512 for 1.6. auto reads "
+                    "a sidecar latentsync_unet.json or a version in the file or folder name, else assumes 256.",
+                ),
+                io.Combo.Input(
+                    "dtype",
+                    options=list(SETTING_SPECS["dtype"].choices),
+                    default=AUTO,
+                    tooltip="Precision of the UNet. auto: what ComfyUI uses for diffusion models on the device "
+                    "(float16 on most GPUs, float32 on the CPU).",
+                ),
+                io.Combo.Input("device", options=list(DEVICES), default=AUTO, tooltip=DEVICE_TOOLTIP),
+            ],
+            outputs=[MODEL.Output(display_name="model", tooltip="The UNet, managed by ComfyUI's model memory.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, unet_name):
+        return model_file_problem(MODEL_FOLDER, unet_name) or True
+
+    @classmethod
+    def execute(cls, unet_name, resolution, dtype, device) -> io.NodeOutput:
+        return io.NodeOutput(load_model(unet_name, resolution, dtype, device))
+
+
+class LatentSyncVAELoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        choices = vae_choices()
+        default = next((name for name in choices if "mse" in name.lower()), choices[0] if choices else None)
+        return io.Schema(
+            node_id="LatentSyncVAELoader",
+            display_name="LatentSync VAE Loader",
+            category=CATEGORY,
+            description="Loads the SD 1.5 VAE as LatentSync's reference code runs it (diffusers AutoencoderKL): "
+            "a single file from models/vae or a diffusers folder there (config.json + weights). Load VAE works "
+            "too; this one also reads diffusers folders of any size.",
+            inputs=[
+                io.Combo.Input(
+                    "vae_name",
+                    options=choices,
+                    default=default,
+                    tooltip="vae-ft-mse-840000-ema-pruned.safetensors, or the sd-vae-ft-mse diffusers folder, in "
+                    "models/vae.",
+                ),
+                io.Combo.Input(
+                    "dtype",
+                    options=list(SETTING_SPECS["dtype"].choices),
+                    default=AUTO,
+                    tooltip="Precision of the VAE. auto: what ComfyUI uses for VAEs on the device.",
+                ),
+                io.Combo.Input("device", options=list(DEVICES), default=AUTO, tooltip=DEVICE_TOOLTIP),
+            ],
+            outputs=[VAE.Output(display_name="vae", tooltip="The VAE, for the LatentSync samplers.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, vae_name):
+        return vae_problem(vae_name) or True
+
+    @classmethod
+    def execute(cls, vae_name, dtype, device) -> io.NodeOutput:
+        return io.NodeOutput(load_managed_vae(vae_name, dtype, device))
+
+
+class LatentSyncAudioEncoderLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        files, default = model_files(MODEL_FOLDER, prefer="whisper")
+        return io.Schema(
+            node_id="LatentSyncAudioEncoderLoader",
+            display_name="LatentSync Audio Encoder Loader",
+            category=CATEGORY,
+            description="Loads the Whisper encoder (whisper/tiny.pt) whose features drive the UNet.",
+            inputs=[
+                io.Combo.Input(
+                    "whisper_name",
+                    options=files,
+                    default=default,
+                    tooltip="OpenAI Whisper checkpoint in models/latentsync: whisper/tiny.pt of ByteDance/LatentSync "
+                    "(whisper/small.pt for a 768-wide UNet).",
+                ),
+                io.Combo.Input("device", options=list(DEVICES), default=AUTO, tooltip=DEVICE_TOOLTIP),
+            ],
+            outputs=[AUDIO_ENCODER.Output(display_name="audio_encoder", tooltip="The Whisper audio encoder.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, whisper_name):
+        return model_file_problem(MODEL_FOLDER, whisper_name) or True
+
+    @classmethod
+    def execute(cls, whisper_name, device) -> io.NodeOutput:
+        return io.NodeOutput(load_audio_encoder(whisper_name, device))
+
+
+class LatentSyncFaceDetectorLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        insightface = insightface_models() or [DEFAULT_INSIGHTFACE_MODEL]
+        default = DEFAULT_INSIGHTFACE_MODEL if DEFAULT_INSIGHTFACE_MODEL in insightface else insightface[0]
+        return io.Schema(
+            node_id="LatentSyncFaceDetectorLoader",
+            display_name="LatentSync Face Detector Loader",
+            category=CATEGORY,
+            description="Chooses the face detector that finds and tracks the face to lip-sync.",
+            inputs=[
+                setting_input(
+                    "face_detector",
+                    "detector",
+                    tooltip="mediapipe: offline, nothing to download (default). insightface: the reference's detector "
+                    "(needs onnxruntime and InsightFace's buffalo_l models in models/insightface/models).",
+                ),
+                io.Combo.Input(
+                    "insightface_model",
+                    options=insightface,
+                    default=default,
+                    tooltip="For the insightface detector: the folder in models/insightface/models holding "
+                    f"{DETECTION_MODEL_FILE} and {LANDMARK_MODEL_FILE}. Ignored by mediapipe.",
+                ),
+            ],
+            outputs=[FACE_DETECTOR.Output(display_name="face_detector", tooltip="The face detector.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, face_detector, insightface_model):
+        if face_detector != "insightface" or insightface_model in insightface_models():
+            return True
+        try:
+            insightface_dir(insightface_model)
+        except CheckpointError as error:
+            return str(error)
+        return True
+
+    @classmethod
+    def execute(cls, face_detector, insightface_model) -> io.NodeOutput:
+        return io.NodeOutput(load_face_detector(face_detector, insightface_model))
+
+
+class LatentSyncSyncNetLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        files, default = model_files(MODEL_FOLDER, prefer="syncnet")
+        return io.Schema(
+            node_id="LatentSyncSyncNetLoader",
+            display_name="LatentSync SyncNet Loader",
+            category=CATEGORY,
+            description="Loads StableSyncNet (stable_syncnet.pt), the lip-sync judge used by LatentSync Sync Score.",
+            inputs=[
+                io.Combo.Input(
+                    "syncnet_name",
+                    options=files,
+                    default=default,
+                    tooltip="stable_syncnet.pt of ByteDance/LatentSync, in models/latentsync.",
+                ),
+                io.Combo.Input("device", options=list(DEVICES), default=AUTO, tooltip=DEVICE_TOOLTIP),
+            ],
+            outputs=[SYNCNET.Output(display_name="syncnet", tooltip="The SyncNet.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, syncnet_name):
+        return model_file_problem(MODEL_FOLDER, syncnet_name) or True
+
+    @classmethod
+    def execute(cls, syncnet_name, device) -> io.NodeOutput:
+        path = full_path(MODEL_FOLDER, syncnet_name)
+        return io.NodeOutput(managed(load_syncnet(path, device=model_devices(device)[1]), device))
+
+
+class LatentSyncLoRA(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        files, default = model_files(LORA_FOLDER, prefer="latentsync")
+        return io.Schema(
+            node_id="LatentSyncLoRA",
+            display_name="LatentSync LoRA",
+            category=CATEGORY,
+            description="Applies a LatentSync LoRA (trained with `python -m train lora`) to the UNet. The loaded "
+            "UNet is not changed: the LoRA is a weight patch of a copy, undone when another copy runs.",
+            inputs=[
+                MODEL.Input("model", tooltip="The UNet to adapt."),
+                io.Combo.Input(
+                    "lora_name",
+                    options=files,
+                    default=default,
+                    tooltip="A LatentSync LoRA .safetensors in models/loras (LoRAs for Stable Diffusion do not fit).",
+                ),
+                io.Float.Input(
+                    "strength",
+                    default=1.0,
+                    min=-2.0,
+                    max=2.0,
+                    step=0.05,
+                    tooltip="Scale of the LoRA's update: 0 = off, 1 = as trained.",
+                ),
+            ],
+            outputs=[MODEL.Output(display_name="model", tooltip="The UNet with the LoRA applied.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, lora_name):
+        return model_file_problem(LORA_FOLDER, lora_name) or True
+
+    @classmethod
+    def execute(cls, model: LatentSyncModel, lora_name, strength) -> io.NodeOutput:
+        path = full_path(LORA_FOLDER, lora_name)
+        lora = read_lora(path)
+        shapes = {name: tuple(tensor.shape) for name, tensor in model.unet.state_dict().items()}
+        misfits = [
+            name
+            for name, (down, up) in lora.layers.items()
+            if shapes.get(f"{name}.weight") != (up.shape[0], down.shape[1])
+        ]
+        if misfits:
+            raise CheckpointError(
+                f"{path.name} does not fit this UNet: {len(misfits)} of its {len(lora.layers)} layers are missing or "
+                f"of another shape (first: {misfits[0]}). It was trained on "
+                f"{lora.metadata.get('base_checkpoint', 'another UNet')}."
+            )
+        patches = {
+            f"module.{name}.weight": LoRAAdapter(set(), (up, down, lora.alpha, None, None, None))
+            for name, (down, up) in lora.layers.items()
+        }
+        patcher = model.patcher.clone()
+        patcher.add_patches(patches, strength)
+        applied = dataclasses.replace(model, patcher=patcher, loras=(*model.loras, f"{path.name}@{strength:g}"))
+        return io.NodeOutput(applied)

@@ -1,0 +1,381 @@
+"""The lip-sync nodes: the sampler over an IMAGE batch, the streaming sampler over a VIDEO, and the all-in-one.
+
+Which to use:
+
+* **LatentSync Sampler** (IMAGE in, IMAGE out) for short clips and graphs that edit frames before or after: every
+  frame sits in memory as float32 (a 1080p frame is 25 MB: about 10 s of 1080p per 6 GB of RAM, twice: in
+  and out).
+* **LatentSync Video Sampler** (VIDEO in, VIDEO out) for long clips: frames are decoded, generated, pasted and
+  encoded as they stream (memory does not grow with the length); the output keeps the source's size, frame rate
+  and the original-quality audio.
+* **LatentSync LipSync** the same streaming run with the model files picked by name, for a three-node graph
+  (Load Video → LipSync → Save Video).
+"""
+
+from __future__ import annotations
+
+import io as bytes_io
+import logging
+import time
+from pathlib import Path
+
+import folder_paths
+import torch
+from comfy import model_management
+from comfy.model_patcher import ModelPatcher
+from comfy_api.latest import InputImpl, io
+
+from ..latentsync.errors import ConfigError, MediaError
+from ..latentsync.face.detectors import FaceDetector
+from ..latentsync.media.audio import probe_audio
+from ..latentsync.media.timeline import Timeline, plan_timeline
+from ..latentsync.media.video import probe_video
+from ..latentsync.pipeline.lipsync import LipSyncPipeline, LipSyncReport, StageClock
+from ..latentsync.pipeline.settings import LipSyncSettings
+from ..latentsync.pipeline.speed import EXACT, SPEED_SPECS, SpeedSettings, wrap_unet
+from .common import (
+    AUDIO_EMBEDS,
+    AUDIO_ENCODER,
+    CATEGORY,
+    FACE_DETECTOR,
+    FACES,
+    MODEL,
+    MODEL_FOLDER,
+    SPEED,
+    SamplingProgress,
+    generation_inputs,
+    model_file_problem,
+    model_files,
+    policy_inputs,
+    setting_input,
+    vae_input,
+)
+from .convert import Uint8Frames, as_fps, frame_to_image, save_wav, scratch_dir
+from .data import (
+    AudioEmbeds,
+    LatentSyncModel,
+    PreparedFaces,
+    PreparedFacesPipeline,
+    StepProgress,
+    face_index_setting,
+    num_model_frames,
+    setting_widget,
+)
+from .loaders import load_audio_encoder, load_face_detector, load_managed_vae, load_model, vae_choices, vae_problem
+from .prepare import fps_input
+from .vae_codecs import vae_codec
+
+logger = logging.getLogger(__name__)
+
+VIDEO_TOOLTIP = (
+    "The video with the face (e.g. from Load Video). It streams: use this path for long clips; LatentSync "
+    "Sampler (IMAGE) holds every frame in memory."
+)
+AUDIO_TOOLTIP = "Speech to sync to (e.g. from Load Audio). Leave unconnected to use the video's own sound."
+
+
+def check_audio_width(model: LatentSyncModel, width: int) -> None:
+    """Raise `ConfigError` unless the UNet attends to ``width``-wide audio features."""
+    expected = model.unet.config.cross_attention_dim
+    if width != expected:
+        raise ConfigError(
+            f"The audio features are {width} wide but the UNet {model.path.name} attends to {expected}-wide audio. "
+            "LatentSync 1.5/1.6 pair with whisper/tiny.pt (384); a 768-wide UNet pairs with whisper/small.pt."
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# VIDEO in, VIDEO out
+
+
+def video_file(video, scratch: Path) -> Path:
+    """A file of ``video`` the library can stream: Load Video's own file, else the video written to ``scratch``."""
+    if isinstance(video, InputImpl.VideoFromFile):
+        source = video.get_stream_source()
+        if isinstance(source, str):
+            return Path(source)
+        path = scratch / "source_video"
+        path.write_bytes(source.getbuffer())
+        return path
+    path = scratch / "source_video.mp4"
+    video.save_to(str(path))
+    return path
+
+
+def video_output(path: Path) -> InputImpl.VideoFromFile:
+    """A VIDEO of the encoded file, held in memory (compressed), so ``path`` can be deleted."""
+    return InputImpl.VideoFromFile(bytes_io.BytesIO(path.read_bytes()))
+
+
+def lipsync_video(
+    model: LatentSyncModel,
+    vae,
+    audio_encoder: ModelPatcher,
+    face_detector: FaceDetector,
+    video,
+    audio: dict | None,
+    settings: LipSyncSettings,
+    speed: SpeedSettings,
+) -> InputImpl.VideoFromFile:
+    """Stream ``video`` through the pipeline (`LipSyncPipeline.run`) in a scratch folder that is always removed."""
+    whisper = audio_encoder.model.module
+    check_audio_width(model, whisper.hidden_size)
+    with scratch_dir(folder_paths.get_temp_directory()) as scratch:
+        # 1. Inputs as files
+        video_path = video_file(video, scratch)
+        info = probe_video(video_path)
+        if audio is None and not info.has_audio:
+            raise MediaError(
+                "The video has no audio track and no AUDIO is connected: connect the speech to the audio input "
+                "(e.g. from Load Audio)."
+            )
+        audio_path = None if audio is None else save_wav(audio, scratch / "speech.wav")
+
+        # 2. Progress over the denoising steps the clip will take (estimated from the headers)
+        timeline = plan_timeline(
+            info.num_frames_estimate,
+            probe_audio(audio_path or video_path).duration,
+            info.fps,
+            settings.long_audio,
+            settings.short_audio,
+        )
+        progress = sampling_progress(timeline, settings)
+
+        # 3. Run
+        model_management.load_models_gpu([model.patcher, audio_encoder])
+        codec = vae_codec(vae, keep_loaded=[model.patcher], on_decoded=progress.show)
+        pipeline = LipSyncPipeline(wrap_unet(model.unet, speed), whisper, codec, face_detector, settings)
+        output_path = scratch / "lipsync.mp4"
+        report = pipeline.run(video_path, audio_path, output_path, progress.progress, progress.cancel)
+        progress.finish()
+        log_report(report)
+        return video_output(output_path)
+
+
+def sampling_progress(timeline: Timeline, settings: LipSyncSettings) -> SamplingProgress:
+    """A progress bar over the denoising steps of ``timeline``'s model frames."""
+    model_frames = num_model_frames(timeline.num_output_frames, timeline.fps)
+    return SamplingProgress(StepProgress(model_frames, settings.num_frames, settings.num_inference_steps))
+
+
+def log_report(report: LipSyncReport) -> None:
+    logger.info(
+        "LatentSync: %d frames (%d generated in %d windows, %d without a face)\n%s",
+        report.num_frames,
+        report.num_generated,
+        report.num_windows,
+        report.frames_without_face,
+        report.timing_table(),
+    )
+
+
+def speed_input() -> io.Input:
+    return SPEED.Input("speed", optional=True, tooltip="From LatentSync Speed; unconnected: the exact path.")
+
+
+def run_settings(model: LatentSyncModel, **values) -> LipSyncSettings:
+    """`LipSyncSettings` from node inputs (``face_index`` as the widget's integer)."""
+    if "face_index" in values:
+        values["face_index"] = face_index_setting(values["face_index"])
+    return LipSyncSettings(resolution=model.resolution, **values)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Nodes
+
+
+class LatentSyncSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LatentSyncSampler",
+            display_name="LatentSync Sampler",
+            category=CATEGORY,
+            description="Regenerates the mouth of every frame to match the speech and pastes it back into the full "
+            "frames. IMAGE in, IMAGE out: every frame is held in memory, so for long clips use LatentSync Video "
+            "Sampler (VIDEO in and out, streaming).",
+            inputs=[
+                MODEL.Input("model", tooltip="From LatentSync Model Loader (or LatentSync LoRA)."),
+                vae_input(),
+                AUDIO_EMBEDS.Input("audio_embeds", tooltip="From LatentSync Audio Encode."),
+                io.Image.Input("images", tooltip="The video frames; the same frames LatentSync Face Prepare saw."),
+                FACES.Input("faces", tooltip="From LatentSync Face Prepare, run on these frames."),
+                fps_input(),
+                *generation_inputs(),
+                *policy_inputs(),
+                speed_input(),
+            ],
+            outputs=[
+                io.Image.Output(
+                    display_name="images",
+                    tooltip="The full frames with the new mouth, as many as the length policies give (connect to "
+                    "Create Video with the fps and the speech).",
+                ),
+            ],
+        )
+
+    @classmethod
+    def execute(
+        cls, model, vae, audio_embeds: AudioEmbeds, images, faces: PreparedFaces, fps, speed=EXACT, **settings
+    ) -> io.NodeOutput:
+        # 1. Check inputs
+        frames = Uint8Frames(images)
+        num_frames, height, width = images.shape[:3]
+        faces.check_fits(num_frames, (height, width), model.resolution)
+        check_audio_width(model, audio_embeds.features.shape[-1])
+        settings = run_settings(model, **settings)
+        fps = as_fps(fps)
+        timeline = plan_timeline(num_frames, audio_embeds.duration, fps, settings.long_audio, settings.short_audio)
+        audio_embeds.check_covers(timeline)
+
+        # 2. Stream the frames of the timeline through the pipeline into the output batch
+        progress = sampling_progress(timeline, settings)
+        codec = vae_codec(vae, keep_loaded=[model.patcher], on_decoded=progress.show)
+        pipeline = PreparedFacesPipeline(faces, wrap_unet(model.unet, speed), codec, settings)
+        started = time.perf_counter()
+        timeline_frames = ((index, frames[index]) for index in timeline.source_indices())
+        clock, report = StageClock(), LipSyncReport(fps=fps, resolution=model.resolution)
+        synced = pipeline.sync_frames(
+            timeline_frames, audio_embeds.features, fps, progress.progress, progress.cancel, clock, report
+        )
+        output = torch.empty((timeline.num_output_frames, height, width, 3), dtype=torch.float32)
+        for index, frame in enumerate(synced):
+            output[index] = frame_to_image(frame)
+        progress.finish()
+        report.stage_seconds = dict(clock.seconds)
+        report.wall_seconds = time.perf_counter() - started
+        log_report(report)
+        return io.NodeOutput(output)
+
+
+class LatentSyncVideoSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LatentSyncVideoSampler",
+            display_name="LatentSync Video Sampler",
+            category=CATEGORY,
+            description="Lip-syncs a VIDEO to speech while streaming it: frames are decoded, generated, pasted and "
+            "encoded as they go, so memory does not grow with the clip's length. The output keeps the source's "
+            "size and frame rate, with the speech as its sound (original quality). Use it for long clips.",
+            inputs=[
+                MODEL.Input("model", tooltip="From LatentSync Model Loader (or LatentSync LoRA)."),
+                vae_input(),
+                AUDIO_ENCODER.Input("audio_encoder", tooltip="From LatentSync Audio Encoder Loader."),
+                FACE_DETECTOR.Input("face_detector", tooltip="From LatentSync Face Detector Loader."),
+                io.Video.Input("video", tooltip=VIDEO_TOOLTIP),
+                *generation_inputs(),
+                setting_input(
+                    "face_index", tooltip="-1: the largest face in each frame; k: the k-th largest, followed."
+                ),
+                *policy_inputs(),
+                io.Audio.Input("audio", optional=True, tooltip=AUDIO_TOOLTIP),
+                speed_input(),
+            ],
+            outputs=[
+                io.Video.Output(display_name="video", tooltip="The lip-synced video with the speech (to Save Video).")
+            ],
+        )
+
+    @classmethod
+    def execute(
+        cls, model, vae, audio_encoder, face_detector, video, audio=None, speed=EXACT, **settings
+    ) -> io.NodeOutput:
+        settings = run_settings(model, face_detector=face_detector.name, **settings)
+        return io.NodeOutput(lipsync_video(model, vae, audio_encoder, face_detector, video, audio, settings, speed))
+
+
+class LatentSyncLipSync(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        unets, unet_default = model_files(MODEL_FOLDER, prefer="unet")
+        whispers, whisper_default = model_files(MODEL_FOLDER, prefer="whisper")
+        vaes = vae_choices()
+        vae_default = next((name for name in vaes if "mse" in name.lower()), vaes[0] if vaes else None)
+        return io.Schema(
+            node_id="LatentSyncLipSync",
+            display_name="LatentSync LipSync (all-in-one)",
+            category=CATEGORY,
+            description="Load Video → this → Save Video: loads the models by name (kept loaded between runs) and "
+            "streams the video like LatentSync Video Sampler. Use the separate nodes to reuse models, add a LoRA or "
+            "work on IMAGE frames.",
+            inputs=[
+                io.Video.Input("video", tooltip=VIDEO_TOOLTIP),
+                io.Combo.Input(
+                    "unet_name",
+                    options=unets,
+                    default=unet_default,
+                    tooltip="UNet in models/latentsync (latentsync_unet.pt of LatentSync 1.5 or 1.6; the face "
+                    "resolution is read from a sidecar .json or the file's path, else 256).",
+                ),
+                io.Combo.Input(
+                    "whisper_name",
+                    options=whispers,
+                    default=whisper_default,
+                    tooltip="Whisper checkpoint in models/latentsync (whisper/tiny.pt).",
+                ),
+                io.Combo.Input(
+                    "vae_name",
+                    options=vaes,
+                    default=vae_default,
+                    tooltip="The SD 1.5 VAE in models/vae: vae-ft-mse-840000-ema-pruned.safetensors, or the "
+                    "sd-vae-ft-mse diffusers folder (loaded as LatentSync VAE Loader does).",
+                ),
+                setting_input("face_detector", tooltip="mediapipe (offline default) or insightface (buffalo_l)."),
+                *generation_inputs(),
+                setting_input(
+                    "face_index", tooltip="-1: the largest face in each frame; k: the k-th largest, followed."
+                ),
+                *policy_inputs(),
+                io.Audio.Input("audio", optional=True, tooltip=AUDIO_TOOLTIP),
+                speed_input(),
+            ],
+            outputs=[
+                io.Video.Output(display_name="video", tooltip="The lip-synced video with the speech (to Save Video).")
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, unet_name, whisper_name, vae_name):
+        problems = [
+            model_file_problem(MODEL_FOLDER, unet_name),
+            model_file_problem(MODEL_FOLDER, whisper_name),
+            vae_problem(vae_name),
+        ]
+        return "; ".join(problem for problem in problems if problem) or True
+
+    @classmethod
+    def execute(
+        cls, video, unet_name, whisper_name, vae_name, face_detector, audio=None, speed=EXACT, **settings
+    ) -> io.NodeOutput:
+        model = load_model(unet_name)
+        detector = load_face_detector(face_detector)
+        settings = run_settings(model, face_detector=face_detector, **settings)
+        encoder = load_audio_encoder(whisper_name)
+        vae = load_managed_vae(vae_name)
+        return io.NodeOutput(lipsync_video(model, vae, encoder, detector, video, audio, settings, speed))
+
+
+class LatentSyncSpeed(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        def widget(name: str) -> dict:
+            return setting_widget(name, SPEED_SPECS, EXACT)
+
+        return io.Schema(
+            node_id="LatentSyncSpeed",
+            display_name="LatentSync Speed",
+            category=CATEGORY,
+            description="Speed switches for the samplers. DeepCache runs the whole UNet only every few steps and its "
+            "shallow layers in between: about 2x faster UNet work at interval 3 (the official setting), an "
+            "approximation of the exact path (interval 1).",
+            inputs=[
+                setting_input("deepcache_interval", widget=widget("deepcache_interval")),
+                setting_input("deepcache_branch", widget=widget("deepcache_branch")),
+            ],
+            outputs=[SPEED.Output(display_name="speed", tooltip="To the speed input of a LatentSync sampler.")],
+        )
+
+    @classmethod
+    def execute(cls, deepcache_interval, deepcache_branch) -> io.NodeOutput:
+        return io.NodeOutput(SpeedSettings(deepcache_interval=deepcache_interval, deepcache_branch=deepcache_branch))
