@@ -29,7 +29,6 @@ from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -163,9 +162,9 @@ class BenchResult:
     total_wall: float
     total_cpu: float
     peak_rss: int
-    peak_vram: Optional[int] = None
-    output: Optional[torch.Tensor] = field(default=None, repr=False)
-    latents: Optional[torch.Tensor] = field(default=None, repr=False)
+    peak_vram: int | None = None
+    output: torch.Tensor | None = field(default=None, repr=False)
+    latents: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def fps(self) -> float:
@@ -188,7 +187,7 @@ class BenchResult:
         }
 
 
-def _mib(value: Optional[int]) -> str:
+def _mib(value: int | None) -> str:
     return "-" if value is None else f"{value / 2**20:.0f} MiB"
 
 
@@ -339,23 +338,6 @@ class CentredFaceDetector(FaceDetector):
         return [Face(box=box, score=1.0, points3=points)]
 
 
-class ResizedDetection(FaceDetector):
-    """Runs ``detector`` on frames shrunk to ``detect_size`` (longer side), the `SpeedSettings.detect_size` switch,
-    for pipelines that call ``detect(frame)`` without a size."""
-
-    def __init__(self, detector: FaceDetector, detect_size: int):
-        super().__init__(detector.face_filter)
-        self.detector = detector
-        self.detect_size = detect_size
-        self.name = f"{detector.name}@{detect_size}"
-
-    def detect(self, image: np.ndarray, detect_size: Optional[int] = None) -> list[Face]:
-        return self.detector.detect(image, detect_size or self.detect_size)
-
-    def _find_faces(self, image: np.ndarray) -> list[Face]:
-        return self.detector.detect(image)
-
-
 def write_test_clip(folder: Path, num_frames: int, size: tuple[int, int] = (640, 360)) -> tuple[Path, Path]:
     """A generated 25 fps H.264 clip of ``num_frames`` frames (moving gradient with a bright ellipse in the middle)
     and a 16 kHz WAV of speech-like tones of the same length; returns their paths."""
@@ -448,7 +430,7 @@ class Variant:
     """One side of a comparison: speed switches and the model precision (None = the models' own)."""
 
     speed: SpeedSettings = EXACT
-    dtype: Optional[torch.dtype] = None
+    dtype: torch.dtype | None = None
 
     @property
     def label(self) -> str:
@@ -494,8 +476,8 @@ class Comparison:
     Attributes:
         base, other: the fastest of the repeated runs of each side.
         speedup: ``base.total / other.total`` (wall, and CPU time in ``cpu_speedup``).
-        max_abs_diff: largest ``|other - base|`` of the outputs (decoded faces in [-1, 1], or frames 0..255);
-            ``latent_max_abs_diff`` and ``latent_relative_diff`` (divided by the spread of the base latents) for
+        max_abs_diff, mean_abs_diff: largest and mean ``|other - base|`` of the outputs (decoded faces in [-1, 1],
+            or frames 0..255); ``latent_max_abs_diff`` and ``latent_relative_diff`` (divided by the spread of the base latents) for
             the sampler.
     """
 
@@ -504,8 +486,9 @@ class Comparison:
     speedup: float
     cpu_speedup: float
     max_abs_diff: float
-    latent_max_abs_diff: Optional[float] = None
-    latent_relative_diff: Optional[float] = None
+    mean_abs_diff: float
+    latent_max_abs_diff: float | None = None
+    latent_relative_diff: float | None = None
 
     def summary(self) -> dict:
         return {
@@ -514,6 +497,7 @@ class Comparison:
             "speedup_wall": self.speedup,
             "speedup_cpu": self.cpu_speedup,
             "output_max_abs_diff": self.max_abs_diff,
+            "output_mean_abs_diff": self.mean_abs_diff,
             "latent_max_abs_diff": self.latent_max_abs_diff,
             "latent_relative_diff": self.latent_relative_diff,
         }
@@ -522,17 +506,21 @@ class Comparison:
 def compare_results(base: BenchResult, other: BenchResult) -> Comparison:
     """Speed ratio and output difference of two runs of the same work."""
     if base.output.shape != other.output.shape:
-        raise ConfigError(f"the two runs produced different shapes: {tuple(base.output.shape)} and {tuple(other.output.shape)}")
+        raise ConfigError(
+            f"the two runs produced different shapes: {tuple(base.output.shape)} and {tuple(other.output.shape)}"
+        )
     latent_diff = relative = None
     if base.latents is not None and other.latents is not None:
         latent_diff = (other.latents - base.latents).abs().max().item()
         relative = latent_diff / base.latents.std().item()
+    difference = (other.output.float() - base.output.float()).abs()
     return Comparison(
         base=base,
         other=other,
         speedup=base.total_wall / other.total_wall,
         cpu_speedup=base.total_cpu / other.total_cpu,
-        max_abs_diff=(other.output.float() - base.output.float()).abs().max().item(),
+        max_abs_diff=difference.max().item(),
+        mean_abs_diff=difference.mean().item(),
         latent_max_abs_diff=latent_diff,
         latent_relative_diff=relative,
     )
@@ -572,7 +560,10 @@ def format_comparison(comparison: Comparison) -> str:
     for stage in comparison.base.wall:
         if stage in comparison.other.wall and comparison.other.wall[stage] > 0:
             lines.append(f"  {stage:<11}{comparison.base.wall[stage] / comparison.other.wall[stage]:8.2f}x wall")
-    lines.append(f"max |output difference|: {comparison.max_abs_diff:.3g}")
+    lines.append(
+        f"output difference: max {comparison.max_abs_diff:.3g}, mean {comparison.mean_abs_diff:.3g} "
+        "(faces in [-1, 1]; frames in 0..255 end to end)"
+    )
     if comparison.latent_max_abs_diff is not None:
         lines.append(
             f"max |latent difference|: {comparison.latent_max_abs_diff:.3g} "

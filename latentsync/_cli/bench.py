@@ -153,7 +153,7 @@ def _run_e2e(args, device, dtype, base, other) -> dict:
     from ..face.detectors import create_face_detector
     from ..pipeline.lipsync import LipSyncPipeline
     from ..pipeline.settings import LipSyncSettings
-    from ..pipeline.speed import wrap_unet
+    from ..pipeline.speed import wrap_detector, wrap_unet
 
     with tempfile.TemporaryDirectory(prefix="latentsync-bench-") as folder:
         folder = Path(folder)
@@ -182,9 +182,11 @@ def _run_e2e(args, device, dtype, base, other) -> dict:
             resolution=args.resolution, num_inference_steps=args.steps, guidance_scale=args.guidance, seed=args.seed,
             device=str(device),
         )  # fmt: skip
-        print(f"end to end: {video.name}, {args.frames} frames, {args.resolution} px, {args.steps} steps, {detector_name}")
+        print(
+            f"end to end: {video.name}, {args.frames} frames, {args.resolution} px, {args.steps} steps, {detector_name}"
+        )
 
-        def run_variant(variant) -> "bench.BenchResult":
+        def run_variant(variant) -> bench.BenchResult:
             if variant.speed.window_batch > 1 or variant.speed.io_overlap:
                 logger.warning("window_batch and io_overlap are not wired into LipSyncPipeline yet; ignored here")
             side_unet, side_vae = bench.models_for(variant, unet, vae)
@@ -193,9 +195,9 @@ def _run_e2e(args, device, dtype, base, other) -> dict:
                 bench.CentredFaceDetector() if detector_name == bench.CentredFaceDetector.name
                 else create_face_detector(detector_name)
             )  # fmt: skip
-            if variant.speed.detect_size is not None:
-                detector = bench.ResizedDetection(detector, variant.speed.detect_size)
-            pipeline = LipSyncPipeline(wrap_unet(side_unet, variant.speed), whisper, side_vae, detector, settings)
+            pipeline = LipSyncPipeline(
+                wrap_unet(side_unet, variant.speed), whisper, side_vae, wrap_detector(detector, variant.speed), settings
+            )
             output = folder / f"out_{len(list(folder.glob('out_*')))}.mp4"
             return bench.bench_pipeline(pipeline, video, audio, output, variant.label)
 

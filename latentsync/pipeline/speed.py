@@ -6,6 +6,7 @@ switches to a sampler call::
 
     speed = SpeedSettings(deepcache_interval=3)
     unet_fn = wrap_unet(unet, speed)                       # DeepCache and/or torch.compile around the UNet
+    detector = wrap_detector(detector, speed)              # detection on shrunk frames
     results = sample_windows(unet_fn, windows, speed.window_batch, num_inference_steps=20)
     frames = prefetch(decoded_frames, depth=8)             # decode in a background thread (io_overlap)
 
@@ -20,12 +21,13 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Optional, TypeVar
+from typing import TypeVar
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..face.detectors import Face, FaceDetector
 from ..models.unet_blocks import UNetBlock3D
 from .ddim import sample_ddim
 from .deepcache import OFFICIAL_CACHE_BRANCH, DeepCacheUNet
@@ -45,24 +47,26 @@ class SpeedSettings:
     Attributes:
         deepcache_interval: run the whole UNet every this many denoising steps and only its shallow layers in
             between (`DeepCacheUNet`); 1 = off (exact). 3 is what the official ``inference.sh`` uses. Measured on
-            CPU: 20 steps of UNet work 2.3x (tiny) / 2.5x (mid-size) faster at interval 3, branch 0. An
-            approximation: on random weights the final latents move by 40-70% of their spread; the trained
-            model's deep features change slowly, which DeepCache relies on (measure with real weights on a GPU
-            with ``bench --unet``).
+            the CPU at interval 3, branch 0: 20 steps of UNet work 1.9x (tiny UNet) to 2.45x (a fifth of the
+            official channels) faster, a whole tiny-model run 2.0x. An approximation: on random weights the
+            denoised latents move by about 30% of their spread; trained weights were not measured here.
         deepcache_branch: the skip connection the cached steps start the decoder from (0 = shallowest, fastest;
-            higher = closer to exact, slower). Official: 0.
+            higher = closer to exact, slower: branch 3 gave 1.6x). Official: 0.
         compile: ``torch.compile`` each resnet, transformer and motion module of the UNet (regional compilation,
-            so DeepCache can still skip layers). Output within 1e-5 of eager (float32). On this CPU it costs about
-            a minute of compiling and runs no faster (0.9x); meant for CUDA GPUs.
-        vae_batch: images per VAE encode/decode call (`DiffusersVAE.slice_size`). Exact at any value (the VAE is
-            per image); larger uses more memory and helps GPUs; on the CPU it hardly matters.
+            so DeepCache can still skip layers), in place. Output within 1e-5 of eager (float32). On the CPU: about
+            a minute of compiling, then 1.1x (1.3x on top of DeepCache); meant for CUDA GPUs.
+        vae_batch: images per VAE encode/decode call (`DiffusersVAE.slice_size`). Exact at any value (the VAE
+            works per image). On the CPU 1 is fastest (8 runs the VAE stages 0.76x as fast and needs 45% more
+            memory); GPUs want larger batches.
         window_batch: denoise this many windows of ``num_frames`` frames in one UNet batch (`sample_windows`).
             Same math, output within float rounding (< 1e-4); a throughput lever on GPUs whose 16-frame batch does
-            not fill the device; no gain on the CPU.
+            not fill the device; no gain on the CPU (1.00x). Not yet used by `LipSyncPipeline`.
         detect_size: run face detection on a copy of each frame whose longer side is at most this many pixels
-            (tracking and landmark smoothing keep following the face); None = full size (exact).
+            (`wrap_detector`; tracking and landmark smoothing keep following the face); None = full size (exact).
+            No gain with MediaPipe (1.03x), which already works on small copies; meant for InsightFace.
         io_overlap: decode the next frames and encode finished ones in background threads (`prefetch`,
-            `background_calls`), so the models do not wait for video IO. Exact (same frames, same order).
+            `background_calls`), so the models do not wait for video IO. Exact (same frames, same order). Not yet
+            used by `LipSyncPipeline.run`.
     """
 
     deepcache_interval: int = _switch(
@@ -78,7 +82,7 @@ class SpeedSettings:
     window_batch: int = _switch(
         1, "windows denoised together in one UNet batch (GPU throughput)", minimum=1, maximum=16, step=1
     )
-    detect_size: Optional[int] = _switch(
+    detect_size: int | None = _switch(
         None, "detect faces on frames shrunk to this longer side (None = full size)",
         minimum=64, maximum=4096, step=1, optional=True,
     )  # fmt: skip
@@ -88,7 +92,7 @@ class SpeedSettings:
         for item in dataclasses.fields(self):
             _check(item.name, getattr(self, item.name), item.metadata["spec"], item.default)
 
-    def replace(self, **changes) -> "SpeedSettings":
+    def replace(self, **changes) -> SpeedSettings:
         """A copy with some switches changed (checked again)."""
         return dataclasses.replace(self, **changes)
 
@@ -128,7 +132,9 @@ def parse_switches(text: str) -> dict:
         name, separator, value = item.partition("=")
         name, value = name.strip(), value.strip()
         if not separator or name not in SPEED_SPECS:
-            raise ConfigError(f"unknown speed switch {item!r}; use NAME=VALUE with NAME one of {', '.join(SPEED_SPECS)}")
+            raise ConfigError(
+                f"unknown speed switch {item!r}; use NAME=VALUE with NAME one of {', '.join(SPEED_SPECS)}"
+            )
         default = getattr(EXACT, name)
         if isinstance(default, bool):
             if value.lower() not in ("true", "false", "1", "0", "on", "off"):
@@ -154,12 +160,21 @@ def compile_layers(unet: nn.Module, **compile_options) -> nn.Module:
     Compiling the repeated layers instead of the whole model ("regional compilation") compiles each distinct
     layer shape once and keeps the Python control flow around them, so `DeepCacheUNet` can still choose which
     layers to run. ``compile_options`` go to `torch.nn.Module.compile` (e.g. ``mode="max-autotune"``).
+
+    Layers of one class share their ``forward`` code, and dynamo keeps a limited number of compiled versions per
+    code object (8 by default); the limit is raised to the number of layers, or the later ones would run eagerly.
     """
-    for module in unet.modules():
-        if isinstance(module, UNetBlock3D):
-            for layers in (module.resnets, module.attentions, module.motion_modules):
-                for layer in layers if layers is not None else ():
-                    layer.compile(**compile_options)
+    layers = [
+        layer
+        for module in unet.modules()
+        if isinstance(module, UNetBlock3D)
+        for group in (module.resnets, module.attentions, module.motion_modules)
+        if group is not None
+        for layer in group
+    ]
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, len(layers))
+    for layer in layers:
+        layer.compile(**compile_options)
     return unet
 
 
@@ -173,6 +188,30 @@ def wrap_unet(unet: nn.Module, speed: SpeedSettings = EXACT) -> nn.Module:
     if speed.deepcache_interval > 1:
         return DeepCacheUNet(unet, speed.deepcache_interval, speed.deepcache_branch)
     return unet
+
+
+class ResizedDetection(FaceDetector):
+    """Runs ``detector`` on frames shrunk so their longer side is at most ``detect_size`` pixels (points are mapped
+    back to the full frame by `FaceDetector.detect`), whatever size the caller asks for."""
+
+    def __init__(self, detector: FaceDetector, detect_size: int):
+        super().__init__(detector.face_filter)
+        self.detector = detector
+        self.detect_size = detect_size
+        self.name = f"{detector.name}@{detect_size}"
+
+    def detect(self, image, detect_size: int | None = None) -> list[Face]:
+        return self.detector.detect(image, self.detect_size)
+
+    def _find_faces(self, image) -> list[Face]:
+        return self.detector.detect(image)
+
+
+def wrap_detector(detector: FaceDetector, speed: SpeedSettings = EXACT) -> FaceDetector:
+    """The face detector under ``speed``: `ResizedDetection` when ``detect_size`` is set, else ``detector``."""
+    if speed.detect_size is None:
+        return detector
+    return ResizedDetection(detector, speed.detect_size)
 
 
 @dataclass
@@ -259,7 +298,7 @@ def prefetch(items: Iterable[T], depth: int = 8) -> Iterator[T]:
                 if stop.is_set():
                     return
             buffer.put((_DONE, None))
-        except BaseException as error:  # handed to the consumer
+        except Exception as error:  # noqa: BLE001 (handed to the consumer)
             buffer.put((_DONE, error))
         finally:
             close = getattr(iterator, "close", None)
@@ -307,7 +346,7 @@ def background_calls(function: Callable[[T], object], depth: int = 8) -> Iterato
             if not errors:
                 try:
                     function(item)
-                except BaseException as error:  # handed to the submitter
+                except Exception as error:  # noqa: BLE001 (handed to the submitter)
                     errors.append(error)
 
     thread = threading.Thread(target=consume, name="latentsync-background", daemon=True)
