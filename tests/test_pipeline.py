@@ -271,6 +271,12 @@ def media(tmp_path):
     return files
 
 
+def test_missing_output_folder_is_created(tmp_path, tiny_models, media):
+    output = tmp_path / "new" / "folder" / "out.mp4"
+    make_pipeline(tiny_models, ZeroNoiseUNet()).run(media["clip"], media["speech"], output)
+    assert output.is_file()
+
+
 @pytest.mark.parametrize(
     "video, audio, output, message",
     [
@@ -281,7 +287,7 @@ def media(tmp_path):
         ("clip", None, "out.mp4", "no audio track"),
         ("clip", "clip", "out.mp4", "no audio track"),
         ("clip", "silent", "out.mp4", "zero length"),
-        ("clip", "speech", "no_such_folder/out.mp4", "does not exist"),
+        ("clip", "speech", "speech.wav/out.mp4", "Cannot create the output folder"),
         ("clip", "speech", "out.txt", "must be one of"),
         ("clip", "speech", "clip.mp4", "one of the inputs"),
     ],

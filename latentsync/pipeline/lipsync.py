@@ -247,7 +247,10 @@ def check_inputs(
         raise MediaError(f"Cannot write {output_path.name}: the output must be one of {', '.join(CONTAINER_SUFFIXES)}.")
     folder = output_path.parent
     if not folder.is_dir():
-        raise MediaError(f"The output folder {folder} does not exist; create it first.")
+        try:
+            folder.mkdir(parents=True)
+        except OSError as error:
+            raise MediaError(f"Cannot create the output folder {folder} ({error}); choose another output path.") from error
     if not os.access(folder, os.W_OK | os.X_OK):
         raise MediaError(f"The output folder {folder} is not writable; choose another output path.")
     if output_path.is_dir():
