@@ -238,7 +238,9 @@ def test_compiled_layers_match_eager():
     unet = random_unet(layers_per_block=1)
     window = window_inputs()
     expected = sample(unet, window, steps=2)
-    torch.testing.assert_close(sample(wrap_unet(unet, SpeedSettings(compile=True)), window, 2), expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        sample(wrap_unet(unet, SpeedSettings(compile=True)), window, 2), expected, atol=1e-4, rtol=1e-4
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -263,11 +265,10 @@ def test_prefetch_raises_the_producers_error_in_order():
         yield 2
         raise ValueError("broken frame")
 
-    received = []
+    items = prefetch(produce(), depth=8)
+    assert (next(items), next(items)) == (1, 2)
     with pytest.raises(ValueError, match="broken frame"):
-        for item in prefetch(produce(), depth=8):
-            received.append(item)
-    assert received == [1, 2]
+        next(items)
 
 
 def test_prefetch_stops_and_closes_the_source_when_left_early():
@@ -298,6 +299,5 @@ def test_background_calls_run_in_order_and_report_errors():
     def fail(item):
         raise OSError("disk full")
 
-    with pytest.raises(OSError, match="disk full"):
-        with background_calls(fail) as submit:
-            submit(1)
+    with pytest.raises(OSError, match="disk full"), background_calls(fail) as submit:
+        submit(1)
