@@ -15,7 +15,7 @@ import shlex
 import subprocess
 import sys
 
-from latentsync.errors import LatentSyncError
+from latentsync._cli import exit_with_status
 
 from .config import DEEPSPEED_PRESETS, MODES, load_config
 
@@ -134,14 +134,4 @@ def main(argv: list[str] | None = None) -> None:
     if extra:
         args.overrides = [*args.overrides, *extra]
     setup_logging(args.debug)
-    try:
-        code = args.run(args)
-    except KeyboardInterrupt:
-        print("Interrupted.", file=sys.stderr)
-        raise SystemExit(130) from None
-    except LatentSyncError as error:
-        if args.debug:
-            raise
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(1) from None
-    raise SystemExit(code or 0)
+    exit_with_status(args)

@@ -38,6 +38,12 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
+    exit_with_status(args)
+
+
+def exit_with_status(args: argparse.Namespace) -> None:
+    """Run ``args.run(args)`` and exit: its code (0 if None), 1 on a `LatentSyncError` (one line, or the traceback
+    with ``args.debug``), 130 on Ctrl-C. Shared by ``python -m latentsync`` and ``python -m train``."""
     try:
         code = args.run(args)
     except KeyboardInterrupt:
