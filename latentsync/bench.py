@@ -37,7 +37,14 @@ from .errors import ConfigError
 from .face.detectors import Face, FaceDetector
 from .models.unet import UNet3DConditionModel
 from .models.unet_configs import get_unet_config
-from .models.vae import SD_VAE_FT_MSE_CONFIG, TINY_VAE_CONFIG, DiffusersVAE, LatentCodec
+from .models.vae import (
+    SD_VAE_FT_MSE_CONFIG,
+    TINY_VAE_CONFIG,
+    DiffusersVAE,
+    LatentCodec,
+    decode_in_batches,
+    encode_in_batches,
+)
 from .pipeline.ddim import initial_noise
 from .pipeline.settings import DTYPES
 from .pipeline.speed import EXACT, SpeedSettings, WindowInputs, sample_windows, wrap_unet
@@ -266,8 +273,7 @@ def bench_sampler(
     noise = initial_noise(latent_size, latent_size, generator)
 
     unet_fn = wrap_unet(unet, speed)
-    if isinstance(vae, DiffusersVAE):
-        vae.slice_size = speed.vae_batch
+    vae_batch = speed.vae_batch_on(device)
     timer = StageTimer(device)
     reset_peak_memory(device)
     started_wall, started_cpu = time.perf_counter(), time.process_time()
@@ -277,8 +283,8 @@ def bench_sampler(
     for start in range(0, total, num_frames):
         window_faces = faces[start : start + num_frames]
         with timer.section("vae_encode"):
-            masked = vae.encode(window_faces * keep, generator)
-            reference = vae.encode(window_faces, generator)
+            masked = encode_in_batches(vae, window_faces * keep, generator, vae_batch)
+            reference = encode_in_batches(vae, window_faces, generator, vae_batch)
         to_video = lambda latents: latents.permute(1, 0, 2, 3).unsqueeze(0).to(device, dtype)
         windows.append(
             WindowInputs(
@@ -298,12 +304,13 @@ def bench_sampler(
             speed.window_batch,
             num_inference_steps=inputs.num_inference_steps,
             guidance_scale=inputs.guidance_scale,
+            batch_cfg=speed.cfg_batch,
         )
 
     # 3. VAE decode
     latents = torch.cat([window[0].permute(1, 0, 2, 3) for window in denoised])
     with timer.section("vae_decode"):
-        decoded = torch.cat([vae.decode(window[0].permute(1, 0, 2, 3)).float().cpu() for window in denoised])
+        decoded = torch.cat([decode_in_batches(vae, window[0].permute(1, 0, 2, 3), vae_batch) for window in denoised])
 
     return BenchResult(
         label=label,
@@ -463,7 +470,7 @@ def models_for(variant: Variant, unet: torch.nn.Module, vae: DiffusersVAE) -> tu
     """The models a variant runs on: the given ones, or a copy (cast to its dtype) when it needs its own."""
     if not variant.needs_own_models():
         return unet, vae
-    unet, vae = copy.deepcopy(unet), DiffusersVAE(copy.deepcopy(vae.vae), vae.slice_size)
+    unet, vae = copy.deepcopy(unet), DiffusersVAE(copy.deepcopy(vae.vae))
     if variant.dtype is not None:
         unet, vae.vae = unet.to(variant.dtype), vae.vae.to(variant.dtype)
     return unet, vae

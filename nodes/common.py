@@ -84,6 +84,8 @@ def setting_input(name: str, display_name: str | None = None, widget: dict | Non
     options = {**(widget or setting_widget(name)), **overrides}
     if "options" in options:
         return io.Combo.Input(name, display_name=display_name, **options)
+    if isinstance(options["default"], bool):
+        return io.Boolean.Input(name, display_name=display_name, **options)
     if isinstance(options["default"], float):
         return io.Float.Input(name, display_name=display_name, **options)
     return io.Int.Input(name, display_name=display_name, **options)

@@ -35,6 +35,7 @@ from ..latentsync.media.audio import MODEL_SAMPLE_RATE
 from ..latentsync.media.timeline import Timeline, samples_for_frames
 from ..latentsync.pipeline.lipsync import LipSyncPipeline, PreparedFace
 from ..latentsync.pipeline.settings import DEFAULT_SETTINGS, LARGEST_FACE, MODEL_FPS, SETTING_SPECS, LipSyncSettings
+from ..latentsync.pipeline.speed import EXACT, SpeedSettings
 
 # Largest face number the face_index widget offers (faces are counted by size, 0 = largest).
 MAX_FACE_INDEX = 16
@@ -234,8 +235,10 @@ class PreparedFacesPipeline(LipSyncPipeline):
     """`LipSyncPipeline` whose faces come from LatentSync Face Prepare: `sync_frames` replays them instead of
     detecting (``whisper`` is not needed: the features come from LatentSync Audio Encode)."""
 
-    def __init__(self, faces: PreparedFaces, unet: torch.nn.Module, vae, settings: LipSyncSettings):
-        super().__init__(unet, whisper=None, vae=vae, detector=faces.detector, settings=settings)
+    def __init__(
+        self, faces: PreparedFaces, unet: torch.nn.Module, vae, settings: LipSyncSettings, speed: SpeedSettings = EXACT
+    ):
+        super().__init__(unet, whisper=None, vae=vae, detector=faces.detector, settings=settings, speed=speed)
         self.prepared = faces
 
     def face_preparer(self, fps: Fraction | float = MODEL_FPS) -> PreparedFacesReplay:
@@ -300,11 +303,16 @@ def setting_widget(name: str, specs: dict = SETTING_SPECS, defaults=DEFAULT_SETT
     """Default, bounds and tooltip of the field ``name`` of a settings table (`LipSyncSettings` by default, or
     `latentsync.pipeline.speed.SpeedSettings`), as ComfyUI input options.
 
-    Text settings with ``choices`` give ``options``; ``face_index`` becomes an integer where -1 means "largest".
+    Text settings with ``choices`` give ``options``; ``face_index`` becomes an integer where -1 means "largest"; an
+    optional number (default None) becomes an integer where 0 means None.
     """
     spec = specs[name]
     default = getattr(defaults, name)
     widget = {"tooltip": spec.help[0].upper() + spec.help[1:] + "."}
+    if isinstance(default, bool):
+        return {**widget, "default": default}
+    if default is None and spec.minimum is not None:  # an optional number: 0 stands for None
+        return {**widget, "default": 0, "min": 0, "max": spec.maximum, "step": spec.step}
     if name == "face_index":
         return {**widget, "default": face_index_widget(default), "min": -1, "max": MAX_FACE_INDEX, "step": 1}
     if spec.choices is not None:

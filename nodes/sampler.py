@@ -32,7 +32,7 @@ from ..latentsync.media.timeline import Timeline, plan_timeline
 from ..latentsync.media.video import probe_video
 from ..latentsync.pipeline.lipsync import LipSyncPipeline, LipSyncReport, StageClock
 from ..latentsync.pipeline.settings import LipSyncSettings
-from ..latentsync.pipeline.speed import EXACT, SPEED_SPECS, SpeedSettings, wrap_unet
+from ..latentsync.pipeline.speed import EXACT, SPEED_SPECS, SpeedSettings
 from .common import (
     AUDIO_EMBEDS,
     AUDIO_ENCODER,
@@ -144,7 +144,7 @@ def lipsync_video(
         # 3. Run
         model_management.load_models_gpu([model.patcher, audio_encoder])
         codec = vae_codec(vae, keep_loaded=[model.patcher], on_decoded=progress.show)
-        pipeline = LipSyncPipeline(wrap_unet(model.unet, speed), whisper, codec, face_detector, settings)
+        pipeline = LipSyncPipeline(model.unet, whisper, codec, face_detector, settings, speed)
         output_path = scratch / "lipsync.mp4"
         report = pipeline.run(video_path, audio_path, output_path, progress.progress, progress.cancel)
         progress.finish()
@@ -231,7 +231,7 @@ class LatentSyncSampler(io.ComfyNode):
         # 2. Stream the frames of the timeline through the pipeline into the output batch
         progress = sampling_progress(timeline, settings)
         codec = vae_codec(vae, keep_loaded=[model.patcher], on_decoded=progress.show)
-        pipeline = PreparedFacesPipeline(faces, wrap_unet(model.unet, speed), codec, settings)
+        pipeline = PreparedFacesPipeline(faces, model.unet, codec, settings, speed)
         started = time.perf_counter()
         timeline_frames = ((index, frames[index]) for index in timeline.source_indices())
         clock, report = StageClock(), LipSyncReport(fps=fps, resolution=model.resolution)
@@ -359,23 +359,19 @@ class LatentSyncLipSync(io.ComfyNode):
 class LatentSyncSpeed(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        def widget(name: str) -> dict:
-            return setting_widget(name, SPEED_SPECS, EXACT)
-
         return io.Schema(
             node_id="LatentSyncSpeed",
             display_name="LatentSync Speed",
             category=CATEGORY,
-            description="Speed switches for the samplers. DeepCache runs the whole UNet only every few steps and its "
-            "shallow layers in between: about 2x faster UNet work at interval 3 (the official setting), an "
-            "approximation of the exact path (interval 1).",
-            inputs=[
-                setting_input("deepcache_interval", widget=widget("deepcache_interval")),
-                setting_input("deepcache_branch", widget=widget("deepcache_branch")),
-            ],
+            description="Speed switches for the samplers (docs/benchmarks.md has what each gains). Exact: cfg_batch, "
+            "vae_batch, window_batch, io_overlap, compile (output within float rounding). Approximate: DeepCache "
+            "(the whole UNet only every deepcache_interval steps, about 2x faster at 3, the official setting) and "
+            "detect_size. Defaults: the exact path.",
+            inputs=[setting_input(name, widget=setting_widget(name, SPEED_SPECS, EXACT)) for name in SPEED_SPECS],
             outputs=[SPEED.Output(display_name="speed", tooltip="To the speed input of a LatentSync sampler.")],
         )
 
     @classmethod
-    def execute(cls, deepcache_interval, deepcache_branch) -> io.NodeOutput:
-        return io.NodeOutput(SpeedSettings(deepcache_interval=deepcache_interval, deepcache_branch=deepcache_branch))
+    def execute(cls, **switches) -> io.NodeOutput:
+        optional = [name for name, spec in SPEED_SPECS.items() if spec.optional]
+        return io.NodeOutput(SpeedSettings(**{**switches, **{name: switches[name] or None for name in optional}}))

@@ -11,7 +11,7 @@ progress previews.
 With ComfyUI's VAE: LatentSync encodes with a *sample* of the VAE posterior (``latent_dist.sample(generator)``)
 times 0.18215, while ``comfy.sd.VAE.encode`` returns the unscaled posterior mean. For KL autoencoders (the SD VAE
 ``sd-vae-ft-mse``, as a single file or a diffusers folder's safetensors) the encoder's moments are read directly
-and sampled the way diffusers does, from the pipeline's CPU generator, in slices of 8 images, so the latents are
+and sampled the way diffusers does, from the pipeline's CPU generator, in image order, so the latents are
 those of `DiffusersVAE` (up to ComfyUI's own convolution code). Other VAEs ComfyUI loads with 4 latent channels
 and 8x down-sampling (e.g. TAESD, deterministic) are encoded with ``VAE.encode``: their mean, with no noise.
 
@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 SCALING_FACTOR = SD_VAE_FT_MSE_CONFIG["scaling_factor"]
 LATENT_CHANNELS = SD_VAE_FT_MSE_CONFIG["latent_channels"]
 DOWNSCALE = 8
-# Images per encoder call; `DiffusersVAE` draws its posterior noise per slice of this many.
+# Images per encoder call (memory); the posterior noise is drawn in image order, so the slices do not change it.
 SLICE_SIZE = 8
 
 

@@ -192,3 +192,8 @@ def test_speed_widgets_come_from_the_speed_table():
     spec = speed.SPEED_SPECS["deepcache_interval"]
     assert (interval["default"], interval["min"], interval["max"]) == (1, spec.minimum, spec.maximum)
     assert interval["tooltip"].startswith("DeepCache")
+    # A switch is a boolean widget; an optional number is an integer where 0 stands for None (automatic)
+    assert data.setting_widget("io_overlap", speed.SPEED_SPECS, speed.EXACT)["default"] is False
+    assert data.setting_widget("cfg_batch", speed.SPEED_SPECS, speed.EXACT)["default"] is True
+    vae_batch = data.setting_widget("vae_batch", speed.SPEED_SPECS, speed.EXACT)
+    assert (vae_batch["default"], vae_batch["min"], vae_batch["max"]) == (0, 0, speed.SPEED_SPECS["vae_batch"].maximum)

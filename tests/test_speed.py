@@ -11,7 +11,7 @@ import torch
 from latentsync.errors import ConfigError
 from latentsync.models.unet import UNet3DConditionModel
 from latentsync.models.unet_configs import get_unet_config
-from latentsync.models.vae import TINY_VAE_CONFIG, DiffusersVAE
+from latentsync.models.vae import TINY_VAE_CONFIG, DiffusersVAE, decode_in_batches, encode_in_batches
 from latentsync.pipeline.ddim import create_scheduler, sample_ddim
 from latentsync.pipeline.deepcache import DeepCacheUNet, num_skip_branches
 from latentsync.pipeline.speed import (
@@ -227,10 +227,16 @@ def test_batched_windows_equal_one_window_at_a_time(unet):
 def test_vae_batch_size_does_not_change_the_output():
     from diffusers import AutoencoderKL
 
-    vae = randomize_parameters(AutoencoderKL(**TINY_VAE_CONFIG), torch.Generator().manual_seed(0)).eval()
-    latents = torch.randn(5, 4, 4, 4, generator=torch.Generator().manual_seed(1))
-    one, many = DiffusersVAE(vae, slice_size=1).decode(latents), DiffusersVAE(vae, slice_size=8).decode(latents)
-    torch.testing.assert_close(many, one, atol=1e-5, rtol=1e-5)
+    codec = DiffusersVAE(randomize_parameters(AutoencoderKL(**TINY_VAE_CONFIG), torch.Generator().manual_seed(0)))
+    pixels = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    # Posterior samples: drawn in the same order whatever the batch size
+    encoded = [encode_in_batches(codec, pixels, torch.Generator().manual_seed(2), size) for size in (1, 2, 5)]
+    for latents in encoded[1:]:
+        torch.testing.assert_close(latents, encoded[0], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(encoded[0], encode_in_batches(codec, pixels, torch.Generator().manual_seed(3), 5))
+    decoded = [decode_in_batches(codec, encoded[0], size) for size in (1, 3, 8)]
+    for pixels_back in decoded[1:]:
+        torch.testing.assert_close(pixels_back, decoded[0], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.skipif(not os.environ.get("LATENTSYNC_SLOW_TESTS"), reason="compiling takes minutes on a CPU")

@@ -153,7 +153,6 @@ def _run_e2e(args, device, dtype, base, other) -> dict:
     from ..face.detectors import create_face_detector
     from ..pipeline.lipsync import LipSyncPipeline
     from ..pipeline.settings import LipSyncSettings
-    from ..pipeline.speed import wrap_detector, wrap_unet
 
     with tempfile.TemporaryDirectory(prefix="latentsync-bench-") as folder:
         folder = Path(folder)
@@ -187,17 +186,12 @@ def _run_e2e(args, device, dtype, base, other) -> dict:
         )
 
         def run_variant(variant) -> bench.BenchResult:
-            if variant.speed.window_batch > 1 or variant.speed.io_overlap:
-                logger.warning("window_batch and io_overlap are not wired into LipSyncPipeline yet; ignored here")
             side_unet, side_vae = bench.models_for(variant, unet, vae)
-            side_vae.slice_size = variant.speed.vae_batch
             detector = (
                 bench.CentredFaceDetector() if detector_name == bench.CentredFaceDetector.name
                 else create_face_detector(detector_name)
             )  # fmt: skip
-            pipeline = LipSyncPipeline(
-                wrap_unet(side_unet, variant.speed), whisper, side_vae, wrap_detector(detector, variant.speed), settings
-            )
+            pipeline = LipSyncPipeline(side_unet, whisper, side_vae, detector, settings, variant.speed)
             output = folder / f"out_{len(list(folder.glob('out_*')))}.mp4"
             return bench.bench_pipeline(pipeline, video, audio, output, variant.label)
 

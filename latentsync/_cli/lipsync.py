@@ -12,6 +12,7 @@ from fractions import Fraction
 
 from ..errors import ConfigError
 from ..pipeline.settings import AUTO, DEFAULT_SETTINGS, LARGEST_FACE, MAX_SEED, SETTING_SPECS, LipSyncSettings
+from ..pipeline.speed import OFFICIAL, SPEED_SPECS, SpeedSettings, parse_switches
 
 logger = logging.getLogger(__name__)
 
@@ -94,11 +95,21 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     models.add_argument("--unet", help="UNet checkpoint (overrides the models folder)")
     models.add_argument("--whisper", help="Whisper checkpoint, e.g. whisper/tiny.pt (overrides the models folder)")
     models.add_argument("--vae", help="SD VAE: diffusers folder or one .safetensors file (overrides the models folder)")
-    models.add_argument(
+
+    speed = parser.add_argument_group("speed (docs/benchmarks.md has what each switch gains and changes)")
+    speed.add_argument(
         "--deepcache",
         action="store_true",
         help="reuse the UNet's deep features between denoising steps (DeepCache with the official inference.sh "
         "setting: interval 3, branch 0); about 2x faster, slightly different results",
+    )
+    speed.add_argument(
+        "--speed",
+        type=_speed_switches,
+        default={},
+        metavar="NAME=VALUE,...",
+        help=f"speed switches of latentsync.pipeline.speed.SpeedSettings: {', '.join(SPEED_SPECS)}; e.g. "
+        "io_overlap=true,vae_batch=1 (exact) or deepcache_interval=3,compile=true",
     )
 
     generation = parser.add_argument_group("generation")
@@ -159,6 +170,24 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
+def _speed_switches(text: str) -> dict:
+    try:
+        switches = parse_switches(text)
+        SpeedSettings(**switches)  # checks the values
+        return switches
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def speed_from_args(args: argparse.Namespace) -> SpeedSettings:
+    """The `SpeedSettings` the command line asks for (``--deepcache`` = the official interval and branch)."""
+    switches = dict(args.speed)
+    if args.deepcache:
+        switches.setdefault("deepcache_interval", OFFICIAL.deepcache_interval)
+        switches.setdefault("deepcache_branch", OFFICIAL.deepcache_branch)
+    return SpeedSettings(**switches)
+
+
 def settings_from_args(args: argparse.Namespace) -> LipSyncSettings:
     """The `LipSyncSettings` the command line asks for."""
     return LipSyncSettings(
@@ -203,7 +232,6 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from ..face.detectors import create_face_detector
-    from ..pipeline.deepcache import DeepCacheUNet
     from ..pipeline.lipsync import LipSyncPipeline, check_inputs
     from ..pipeline.models import load_models
     from ..pipeline.settings import resolve_device, resolve_dtype
@@ -211,6 +239,7 @@ def run(args: argparse.Namespace) -> int:
     if args.quiet:
         logging.getLogger("latentsync").setLevel(logging.WARNING)
     settings = settings_from_args(args)
+    speed = speed_from_args(args)
 
     # 1. Inputs first: a bad file should not wait for the models to load
     check_inputs(args.video, args.audio, args.output)
@@ -233,9 +262,8 @@ def run(args: argparse.Namespace) -> int:
         dtype=resolve_dtype(settings.dtype, device),
         resolution=settings.resolution,
     )
-    unet = DeepCacheUNet(models.unet) if args.deepcache else models.unet
     pipeline = LipSyncPipeline(
-        unet, models.whisper, models.vae, detector, settings.replace(resolution=models.resolution)
+        models.unet, models.whisper, models.vae, detector, settings.replace(resolution=models.resolution), speed
     )
 
     # 3. Run

@@ -57,17 +57,30 @@ class LatentCodec(Protocol):
     def decode(self, latents: torch.Tensor) -> torch.Tensor: ...
 
 
+def encode_in_batches(
+    codec: LatentCodec, pixels: torch.Tensor, generator: Optional[torch.Generator], batch_size: int
+) -> torch.Tensor:
+    """``codec.encode`` ``batch_size`` images at a time; the posterior samples are drawn in the same order, so the
+    result does not depend on ``batch_size``: ``(n, 3, h, w)`` → ``(n, 4, h/8, w/8)``."""
+    return torch.cat([codec.encode(chunk, generator) for chunk in pixels.split(batch_size)])
+
+
+def decode_in_batches(codec: LatentCodec, latents: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """``codec.decode`` ``batch_size`` latents at a time, as float32 on the CPU: ``(n, 4, h/8, w/8)`` →
+    ``(n, 3, h, w)``."""
+    return torch.cat([codec.decode(chunk).float().cpu() for chunk in latents.split(batch_size)])
+
+
 class DiffusersVAE:
     """`LatentCodec` over a diffusers `AutoencoderKL`, reproducing the reference's use of it.
 
     Encoding samples the posterior (the reference uses ``latent_dist.sample(generator)``, not the mean) and scales
-    by ``scaling_factor``; decoding divides by it. Work is split into slices of ``slice_size`` images so memory does
-    not grow with the window length.
+    by ``scaling_factor``; decoding divides by it. Every call works on the whole batch it is given: callers bound
+    memory with `encode_in_batches` / `decode_in_batches` (the pipeline's ``vae_batch``).
     """
 
-    def __init__(self, vae: AutoencoderKL, slice_size: int = 8):
+    def __init__(self, vae: AutoencoderKL):
         self.vae = vae
-        self.slice_size = slice_size
 
     @property
     def device(self) -> torch.device:
@@ -80,21 +93,14 @@ class DiffusersVAE:
     @torch.no_grad()
     def encode(self, pixels: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """``(n, 3, h, w)`` in [-1, 1] → scaled latents ``(n, 4, h/8, w/8)``."""
-        slices = []
-        for start in range(0, pixels.shape[0], self.slice_size):
-            chunk = pixels[start : start + self.slice_size].to(self.device, self.dtype)
-            slices.append(self.vae.encode(chunk).latent_dist.sample(generator=generator))
-        return torch.cat(slices) * self.vae.config.scaling_factor
+        pixels = pixels.to(self.device, self.dtype)
+        return self.vae.encode(pixels).latent_dist.sample(generator=generator) * self.vae.config.scaling_factor
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents ``(n, 4, h/8, w/8)`` → pixels ``(n, 3, h, w)`` in [-1, 1] (not clamped)."""
         latents = latents.to(self.device, self.dtype) / self.vae.config.scaling_factor
-        slices = [
-            self.vae.decode(latents[start : start + self.slice_size]).sample
-            for start in range(0, latents.shape[0], self.slice_size)
-        ]
-        return torch.cat(slices)
+        return self.vae.decode(latents).sample
 
 
 def _is_ldm_layout(state_dict: dict) -> bool:

@@ -67,6 +67,7 @@ def guided_noise_prediction(
     conditioning: torch.Tensor,
     audio_embeds: torch.Tensor,
     guidance_scale: float,
+    batch_cfg: bool = True,
 ) -> torch.Tensor:
     """One UNet evaluation with classifier-free guidance.
 
@@ -77,15 +78,21 @@ def guided_noise_prediction(
         conditioning: ``(b, 9, f, h, w)`` = mask, masked-face latents and reference latents on channels.
         audio_embeds: ``(b, f, 50, d)`` conditional audio features.
         guidance_scale: ``w``; guidance (a doubled batch with zero audio first) only when ``w > 1``.
+        batch_cfg: evaluate the unconditional and the conditional input in one doubled batch (the reference's
+            way); False makes two UNet calls of the original batch size (same math, less memory).
 
     Returns:
         The (guided) noise prediction, shape ``(b, 4, f, h, w)``.
     """
     if guidance_scale <= 1.0:
         return unet(torch.cat([latents, conditioning], dim=1), timestep, audio_embeds)
-    unet_input = torch.cat([torch.cat([latents, latents]), torch.cat([conditioning, conditioning])], dim=1)
-    audio_batch = torch.cat([torch.zeros_like(audio_embeds), audio_embeds])
-    noise_uncond, noise_cond = unet(unet_input, timestep, audio_batch).chunk(2)
+    unet_input = torch.cat([latents, conditioning], dim=1)
+    if batch_cfg:
+        audio_batch = torch.cat([torch.zeros_like(audio_embeds), audio_embeds])
+        noise_uncond, noise_cond = unet(torch.cat([unet_input, unet_input]), timestep, audio_batch).chunk(2)
+    else:
+        noise_uncond = unet(unet_input, timestep, torch.zeros_like(audio_embeds))
+        noise_cond = unet(unet_input, timestep, audio_embeds)
     return noise_uncond + guidance_scale * (noise_cond - noise_uncond)
 
 
@@ -101,6 +108,7 @@ def sample_ddim(
     guidance_scale: float = 1.5,
     scheduler: Optional[DDIMScheduler] = None,
     callback: Optional[StepCallback] = None,
+    batch_cfg: bool = True,
 ) -> torch.Tensor:
     """Denoise one window of frames from ``x_T`` to ``x_0`` with DDIM (eta 0) and classifier-free guidance.
 
@@ -116,6 +124,7 @@ def sample_ddim(
         guidance_scale: classifier-free guidance weight (official 1.5).
         scheduler: a configured `DDIMScheduler`; the official one when omitted. Its timesteps are (re)set here.
         callback: called after every step as ``callback(step_index, num_steps, latents)``; may raise to cancel.
+        batch_cfg: see `guided_noise_prediction`.
 
     Returns:
         The denoised latents ``x_0`` of shape ``(b, 4, f, h, w)`` (still multiplied by the VAE scaling factor).
@@ -138,7 +147,7 @@ def sample_ddim(
     for step_index, timestep in enumerate(scheduler.timesteps):
         model_input = scheduler.scale_model_input(latents, timestep)
         noise_pred = guided_noise_prediction(
-            unet, model_input, timestep, conditioning, audio_embeds, guidance_scale
+            unet, model_input, timestep, conditioning, audio_embeds, guidance_scale, batch_cfg
         )
         latents = scheduler.step(noise_pred, timestep, latents, eta=0.0).prev_sample
         if callback is not None:

@@ -28,7 +28,7 @@ import math
 import os
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -48,15 +48,28 @@ from ..media.audio import MODEL_SAMPLE_RATE, AudioInfo, decode_audio, load_audio
 from ..media.timeline import Timeline, plan_timeline
 from ..media.video import SourceFrameCursor, VideoInfo, VideoReader, probe_video
 from ..media.writer import CONTAINER_SUFFIXES, AudioFile, VideoWriter
-from ..models.vae import LatentCodec
+from ..models.vae import LatentCodec, decode_in_batches, encode_in_batches
 from .ddim import create_scheduler, initial_noise, sample_ddim
 from .models import DEFAULT_RESOLUTION
 from .settings import DEFAULT_SETTINGS, MODEL_FPS, LipSyncSettings
+from .speed import (
+    EXACT,
+    SpeedSettings,
+    WindowInputs,
+    background_calls,
+    prefetch,
+    sample_windows,
+    wrap_detector,
+    wrap_unet,
+)
 
 logger = logging.getLogger(__name__)
 
-# Output frames that may wait for their mouth, in windows; more forces a partial window (very high frame rates).
+# Output frames that may wait for their mouth, in windows (per window batch); more forces a partial window (very
+# high frame rates).
 MAX_PENDING_WINDOWS = 4
+# Frames decoded ahead, and finished frames waiting for the encoder, with `SpeedSettings.io_overlap`.
+IO_QUEUE_FRAMES = 8
 # Decoded source frames kept for replaying the clip (loop, pingpong); a backward walk decodes blocks this big.
 REVISIT_CACHE_BYTES = 64 * 2**20
 # H.264 quality of the output (lower is better; 18 is visually lossless for most content).
@@ -316,6 +329,8 @@ class LipSyncPipeline:
         vae: any `LatentCodec` (``DiffusersVAE``, or a wrapper of ComfyUI's VAE); it moves pixels to its device.
         detector: face detector; by default ``create_face_detector(settings.face_detector)``.
         settings: `LipSyncSettings`; ``resolution=None`` means `DEFAULT_RESOLUTION` here (the loaders infer it).
+        speed: `SpeedSettings` (`latentsync.pipeline.speed`); the default is the exact path. ``compile`` compiles
+            ``unet``'s layers in place.
 
     Stages (ComfyUI nodes call them on IMAGE batches): `prepare_audio`, `face_preparer` (detect + align),
     `audio_window`, `denoise_window` / `blend_mouth` / `generate_window`, `paste`; `sync_frames` streams frames
@@ -329,13 +344,17 @@ class LipSyncPipeline:
         vae: LatentCodec,
         detector: FaceDetector | None = None,
         settings: LipSyncSettings = DEFAULT_SETTINGS,
+        speed: SpeedSettings = EXACT,
     ):
         self.unet = unet
+        self.denoiser = wrap_unet(unet, speed)  # what the sampler calls: the UNet, or DeepCache around it
         self.whisper = whisper
         self.vae = vae
         self.settings = settings
+        self.speed = speed
         self.resolution = settings.resolution or DEFAULT_RESOLUTION
-        self.detector = detector if detector is not None else create_face_detector(settings.face_detector)
+        detector = detector if detector is not None else create_face_detector(settings.face_detector)
+        self.detector = wrap_detector(detector, speed)
         self.mask = MouthMask(self.resolution)
         self.scheduler = create_scheduler()
 
@@ -367,27 +386,28 @@ class LipSyncPipeline:
         return initial_noise(self.latent_size, self.latent_size, generator)
 
     @torch.no_grad()
-    def denoise_window(
+    def denoise_windows(
         self,
-        faces,
-        audio: torch.Tensor,
+        windows: Sequence[tuple[np.ndarray | torch.Tensor, torch.Tensor]],
         noise: torch.Tensor,
         generator: torch.Generator,
         progress: ProgressCallback | None = None,
         cancel: CancelCallback | None = None,
         clock: StageClock | None = None,
-    ) -> torch.Tensor:
-        """Generate one window: VAE-encode the masked and the reference faces (posterior samples from
-        ``generator``, in that order), denoise from ``noise`` and VAE-decode.
+    ) -> list[torch.Tensor]:
+        """Generate windows: VAE-encode the masked and then the reference faces of each window in turn (posterior
+        samples from ``generator`` in that order), denoise ``speed.window_batch`` windows per UNet batch from
+        ``noise``, and VAE-decode.
 
         Args:
-            faces: ``(f, R, R, 3)`` uint8 aligned faces (array or tensor).
-            audio: ``(f, 50, d)`` audio features of the same frames (`audio_window`).
+            windows: ``(faces, audio)`` per window: ``(f, R, R, 3)`` uint8 aligned faces (array or tensor) and the
+                ``(f, 50, d)`` audio features of the same frames (`audio_window`).
             noise: ``(1, 4, 1, R/8, R/8)`` initial noise (`initial_noise`), repeated over the frames.
             generator: CPU generator for the VAE samples.
 
         Returns:
-            ``(f, 3, R, R)`` float32 CPU decoded faces in about ``[-1, 1]``, the whole face (see `blend_mouth`).
+            ``(f, 3, R, R)`` float32 CPU decoded faces in about ``[-1, 1]`` per window, the whole face (see
+            `blend_mouth`).
 
         Raises:
             Cancelled: when ``cancel()`` turns True between two steps.
@@ -395,39 +415,56 @@ class LipSyncPipeline:
         clock = clock or StageClock()
         parameter = next(self.unet.parameters())
         device, dtype = parameter.device, parameter.dtype
-        pixels = face_pixels(faces)
-        num_frames = pixels.shape[0]
+        vae_batch = self.speed.vae_batch_on(device)
+        mask_latents = self.mask.latent(self.latent_size)[None, :, None].to(device, dtype)
 
-        # 1. Conditioning latents: masked faces first, then the reference faces, from one generator
-        with clock.section("vae_encode"):
-            masked_latents = self.vae.encode(self.mask.mask_image(pixels).float(), generator)
-            ref_latents = self.vae.encode(pixels, generator)
-        mask_latents = self.mask.latent(self.latent_size)[None, :, None].expand(-1, -1, num_frames, -1, -1)
+        # 1. Conditioning latents, window by window
+        inputs = []
+        for faces, audio in windows:
+            pixels = face_pixels(faces)
+            num_frames = pixels.shape[0]
+            with clock.section("vae_encode"):
+                masked_latents = encode_in_batches(self.vae, self.mask.mask_image(pixels).float(), generator, vae_batch)
+                ref_latents = encode_in_batches(self.vae, pixels, generator, vae_batch)
+            inputs.append(
+                WindowInputs(
+                    latents=noise.repeat(1, 1, num_frames, 1, 1).to(device, dtype),
+                    mask_latents=mask_latents.expand(-1, -1, num_frames, -1, -1),
+                    masked_image_latents=_to_video(masked_latents).to(device, dtype),
+                    ref_latents=_to_video(ref_latents).to(device, dtype),
+                    audio_embeds=audio[None].to(device, dtype),
+                )
+            )
 
         # 2. Denoise
         def on_step(step: int, num_steps: int, latents: torch.Tensor) -> None:
             if progress is not None:
-                progress("denoise", step + 1, num_steps)
+                for _ in range(latents.shape[0]):  # one step of every window in the batch
+                    progress("denoise", step + 1, num_steps)
             if cancel is not None and cancel():
                 raise Cancelled("lip sync was cancelled")
 
         with clock.section("denoise"):
-            latents = sample_ddim(
-                self.unet,
-                noise.repeat(1, 1, num_frames, 1, 1).to(device, dtype),
-                mask_latents.to(device, dtype),
-                _to_video(masked_latents).to(device, dtype),
-                _to_video(ref_latents).to(device, dtype),
-                audio.to(device, dtype),
+            denoised = sample_windows(
+                self.denoiser,
+                inputs,
+                self.speed.window_batch,
                 num_inference_steps=self.settings.num_inference_steps,
                 guidance_scale=self.settings.guidance_scale,
                 scheduler=self.scheduler,
                 callback=on_step,
+                batch_cfg=self.speed.cfg_batch,
             )
 
         # 3. Back to pixels
         with clock.section("vae_decode"):
-            return self.vae.decode(latents[0].permute(1, 0, 2, 3)).float().cpu()
+            return [decode_in_batches(self.vae, latents[0].permute(1, 0, 2, 3), vae_batch) for latents in denoised]
+
+    def denoise_window(
+        self, faces, audio: torch.Tensor, noise: torch.Tensor, generator: torch.Generator, **kwargs
+    ) -> torch.Tensor:
+        """`denoise_windows` of one window: ``(f, R, R, 3)`` faces and ``(f, 50, d)`` audio → ``(f, 3, R, R)``."""
+        return self.denoise_windows([(faces, audio)], noise, generator, **kwargs)[0]
 
     def blend_mouth(self, decoded: torch.Tensor, faces) -> torch.Tensor:
         """Keep the generated mouth region only: ``decoded (1 - m) + reference m`` (m = 1 outside the mouth).
@@ -598,18 +635,24 @@ class LipSyncPipeline:
                 report.audio_seconds, timeline.num_output_frames, timeline.long_audio, timeline.short_audio,
             )  # fmt: skip
 
-            # 5. Stream: decode → faces → windows → paste → encode
-            frames = clock.iterate(self._timeline_frames(reader, timeline), "decode")
-            synced = self.sync_frames(frames, features, fps, progress, cancel, clock, report)
-            audio = AudioFile(inputs.audio_path)
-            with VideoWriter(inputs.output_path, fps, reader.width, reader.height, OUTPUT_CRF, audio) as writer:
-                for frame in synced:
-                    with clock.section("encode"):
-                        writer.write_frame(frame)
-                    if progress is not None:
-                        progress("frames", writer.frames_written, timeline.num_output_frames)
-                    if cancel is not None and cancel():
-                        raise Cancelled("lip sync was cancelled")
+            # 5. Stream: decode → faces → windows → paste → encode (decode and encode in background threads with
+            #    io_overlap; "decode" and "encode" then time the waits for them)
+            decoded = self._timeline_frames(reader, timeline)
+            with closing(prefetch(decoded, IO_QUEUE_FRAMES) if self.speed.io_overlap else decoded) as decoded:
+                frames = clock.iterate(decoded, "decode")
+                synced = self.sync_frames(frames, features, fps, progress, cancel, clock, report)
+                audio = AudioFile(inputs.audio_path)
+                with (
+                    VideoWriter(inputs.output_path, fps, reader.width, reader.height, OUTPUT_CRF, audio) as writer,
+                    self._frame_sink(writer) as write_frame,
+                ):
+                    for written, frame in enumerate(synced, start=1):
+                        with clock.section("encode"):
+                            write_frame(frame)
+                        if progress is not None:
+                            progress("frames", written, timeline.num_output_frames)
+                        if cancel is not None and cancel():
+                            raise Cancelled("lip sync was cancelled")
             # 6. Finished: the writer has renamed the file into place
 
         report.stage_seconds = dict(clock.seconds)
@@ -621,6 +664,15 @@ class LipSyncPipeline:
         if report.num_generated == 0:
             logger.warning("no face was found in any frame; %s is the input video, unchanged", inputs.output_path)
         return report
+
+    @contextmanager
+    def _frame_sink(self, writer: VideoWriter) -> Iterator[Callable[[np.ndarray], None]]:
+        """``writer.write_frame``, in a background thread with ``speed.io_overlap``; all written on exit."""
+        if not self.speed.io_overlap:
+            yield writer.write_frame
+            return
+        with background_calls(writer.write_frame, IO_QUEUE_FRAMES) as submit:
+            yield submit
 
 
 @dataclass
@@ -645,11 +697,13 @@ class _SyncStream:
         self.report = report
         self.generator = pipeline.generator()
         self.noise = pipeline.initial_noise(self.generator)
-        self.max_pending = MAX_PENDING_WINDOWS * self.settings.num_frames
+        self.window_batch = pipeline.speed.window_batch
+        self.max_pending = MAX_PENDING_WINDOWS * self.settings.num_frames * self.window_batch
         self.num_input = 0
         self.pending: deque[_PendingFrame] = deque()
         self.window_start = 0  # model frame of window_faces[0]
         self.window_faces: list[np.ndarray] = []
+        self.closed_windows: list[tuple[int, np.ndarray]] = []  # (first model frame, faces), waiting for a batch
         self.decoded: dict[int, torch.Tensor | None] = {}  # model frame → decoded face, None without a face
 
     def push(self, frame: np.ndarray, face: PreparedFace | None) -> Iterator[np.ndarray]:
@@ -665,37 +719,52 @@ class _SyncStream:
         for model_frame in model_frames_of(index, self.fps):
             self.report.num_model_frames += 1
             if face is None:
-                self._generate()
+                self._close_window()
                 self.decoded[model_frame] = None
             else:
                 if not self.window_faces:
                     self.window_start = model_frame
                 self.window_faces.append(face.face)
                 if len(self.window_faces) == self.settings.num_frames:
-                    self._generate()
+                    self._close_window()
         if len(self.pending) > self.max_pending:
             self._generate()
         yield from self._flush()
 
     def finish(self) -> Iterator[np.ndarray]:
-        """Generate the last window and yield the remaining output frames."""
+        """Generate the last windows and yield the remaining output frames."""
         self._generate()
         yield from self._flush()
 
+    def _close_window(self) -> None:
+        """End the window being collected (full, or cut by a frame without a face); generate once a batch of
+        ``window_batch`` windows has closed."""
+        if self.window_faces:
+            self.closed_windows.append((self.window_start, np.stack(self.window_faces)))
+            self.window_faces = []
+        if len(self.closed_windows) >= self.window_batch:
+            self._generate()
+
     def _generate(self) -> None:
-        """Generate the collected window (if any) into `decoded`."""
-        if not self.window_faces:
+        """Generate the closed windows and the one being collected (if any) into `decoded`."""
+        if self.window_faces:
+            self.closed_windows.append((self.window_start, np.stack(self.window_faces)))
+            self.window_faces = []
+        if not self.closed_windows:
             return
-        faces = np.stack(self.window_faces)
-        audio = self.pipeline.audio_window(self.features, self.window_start, len(faces))
-        decoded = self.pipeline.denoise_window(
-            faces, audio, self.noise, self.generator, self.progress, self.cancel, self.clock
+        windows = [
+            (faces, self.pipeline.audio_window(self.features, start, len(faces)))
+            for start, faces in self.closed_windows
+        ]
+        decoded = self.pipeline.denoise_windows(
+            windows, self.noise, self.generator, self.progress, self.cancel, self.clock
         )
-        for offset, face in enumerate(decoded):
-            self.decoded[self.window_start + offset] = face
-        self.report.num_generated += len(faces)
-        self.report.num_windows += 1
-        self.window_faces = []
+        for (start, faces), window in zip(self.closed_windows, decoded):
+            for offset, face in enumerate(window):
+                self.decoded[start + offset] = face
+            self.report.num_generated += len(faces)
+            self.report.num_windows += 1
+        self.closed_windows = []
 
     def _flush(self) -> Iterator[np.ndarray]:
         """Yield pending frames, in order, while their mouth is ready; then forget decoded faces no longer shown."""

@@ -55,18 +55,21 @@ class SpeedSettings:
         compile: ``torch.compile`` each resnet, transformer and motion module of the UNet (regional compilation,
             so DeepCache can still skip layers), in place. Output within 1e-5 of eager (float32). On the CPU: about
             a minute of compiling, then 1.1x (1.3x on top of DeepCache); meant for CUDA GPUs.
-        vae_batch: images per VAE encode/decode call (`DiffusersVAE.slice_size`). Exact at any value (the VAE
-            works per image). On the CPU 1 is fastest (8 runs the VAE stages 0.76x as fast and needs 45% more
-            memory); GPUs want larger batches.
+        cfg_batch: run the conditional and the unconditional (zero-audio) UNet passes of classifier-free
+            guidance as one doubled batch (the reference's way) instead of two calls. Same math, output within
+            float rounding.
+        vae_batch: images per VAE encode/decode call (`DiffusersVAE.slice_size`); None = 1 on the CPU (fastest
+            there: 8 ran the VAE stages 0.76x as fast with 45% more memory) and 8 on GPUs. Exact at any value
+            (the VAE works per image; the posterior samples are drawn in the same order).
         window_batch: denoise this many windows of ``num_frames`` frames in one UNet batch (`sample_windows`).
             Same math, output within float rounding (< 1e-4); a throughput lever on GPUs whose 16-frame batch does
-            not fill the device; no gain on the CPU (1.00x). Not yet used by `LipSyncPipeline`.
+            not fill the device; no gain on the CPU (1.00x). Output frames wait for their mouth until the batch
+            is full, so memory grows with it.
         detect_size: run face detection on a copy of each frame whose longer side is at most this many pixels
             (`wrap_detector`; tracking and landmark smoothing keep following the face); None = full size (exact).
             No gain with MediaPipe (1.03x), which already works on small copies; meant for InsightFace.
         io_overlap: decode the next frames and encode finished ones in background threads (`prefetch`,
-            `background_calls`), so the models do not wait for video IO. Exact (same frames, same order). Not yet
-            used by `LipSyncPipeline.run`.
+            `background_calls`), so the models do not wait for video IO. Exact (same frames, same order).
     """
 
     deepcache_interval: int = _switch(
@@ -78,7 +81,11 @@ class SpeedSettings:
         minimum=0, maximum=11, step=1,
     )  # fmt: skip
     compile: bool = _switch(False, "torch.compile the UNet layers (slow first window; for CUDA GPUs)")
-    vae_batch: int = _switch(8, "images per VAE call (exact at any value)", minimum=1, maximum=64, step=1)
+    cfg_batch: bool = _switch(True, "guidance: conditional and zero-audio passes in one UNet batch (exact)")
+    vae_batch: int | None = _switch(
+        None, "images per VAE call (exact at any value; None = 1 on the CPU, 8 on GPUs)",
+        minimum=1, maximum=64, step=1, optional=True,
+    )  # fmt: skip
     window_batch: int = _switch(
         1, "windows denoised together in one UNet batch (GPU throughput)", minimum=1, maximum=16, step=1
     )
@@ -91,10 +98,21 @@ class SpeedSettings:
     def __post_init__(self):
         for item in dataclasses.fields(self):
             _check(item.name, getattr(self, item.name), item.metadata["spec"], item.default)
+        if not self.cfg_batch and self.deepcache_interval > 1:
+            raise ConfigError(
+                "cfg_batch=false cannot be combined with DeepCache: DeepCache counts one UNet call per denoising "
+                "step. Keep cfg_batch=true (the default) or set deepcache_interval=1."
+            )
 
     def replace(self, **changes) -> SpeedSettings:
         """A copy with some switches changed (checked again)."""
         return dataclasses.replace(self, **changes)
+
+    def vae_batch_on(self, device: torch.device) -> int:
+        """``vae_batch``, or what None means on ``device``: 1 on the CPU, 8 on accelerators."""
+        if self.vae_batch is not None:
+            return self.vae_batch
+        return 1 if device.type == "cpu" else 8
 
     @property
     def exact(self) -> bool:

@@ -193,7 +193,9 @@ def test_video_sampler_with_the_videos_own_sound_a_lora_and_deepcache(pack_serve
         "class_type": "LatentSyncLoRA",
         "inputs": {"model": sampler["inputs"]["model"], "lora_name": LORA_FILE, "strength": 0.8},
     }
-    prompt["91"] = {"class_type": "LatentSyncSpeed", "inputs": {"deepcache_interval": 2, "deepcache_branch": 0}}
+    switches = {"deepcache_interval": 2, "deepcache_branch": 0, "cfg_batch": True, "compile": False, "vae_batch": 0}
+    switches.update({"window_batch": 2, "detect_size": 0, "io_overlap": True})
+    prompt["91"] = {"class_type": "LatentSyncSpeed", "inputs": switches}
     sampler["inputs"].update({"model": ["90", 0], "speed": ["91", 0], "num_inference_steps": 2})
     # The output lasts as the sound decodes: AAC adds its padding, so this may be one frame more than the clip.
     sound = load_audio(pack_server.input_dir / VIDEO_FILE, MODEL_SAMPLE_RATE)
