@@ -26,6 +26,7 @@ import resource
 import time
 import wave
 from collections import defaultdict
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -392,12 +393,23 @@ def cut_audio(audio_path: Path, num_frames: int, folder: Path) -> Path:
     return path
 
 
-def read_frames(path: Path) -> torch.Tensor:
-    """All frames of a video as ``(n, h, w, 3)`` uint8."""
-    from .media.video import VideoReader
+@contextmanager
+def recorded_frames(pipeline) -> Iterator[list[np.ndarray]]:
+    """Collect the frames ``pipeline`` produces (before video encoding, which can turn a one-level difference
+    into a larger one) while the block runs; the list fills as it goes."""
+    frames: list[np.ndarray] = []
+    sync_frames = pipeline.sync_frames
 
-    with VideoReader(path) as reader:
-        return torch.from_numpy(np.stack([frame for _, frame in reader.frames()]))
+    def recording(*args, **kwargs) -> Iterator[np.ndarray]:
+        for frame in sync_frames(*args, **kwargs):
+            frames.append(frame)
+            yield frame
+
+    pipeline.sync_frames = recording
+    try:
+        yield frames
+    finally:
+        del pipeline.sync_frames
 
 
 def bench_pipeline(
@@ -408,11 +420,12 @@ def bench_pipeline(
     label: str = "exact",
 ) -> BenchResult:
     """Time `LipSyncPipeline.run` per stage (its `LipSyncReport.stage_seconds`); ``output`` holds the frames
-    written."""
+    it produced, before encoding."""
     device, _ = _model_device_dtype(pipeline.unet)
     reset_peak_memory(device)
     started_cpu = time.process_time()
-    report = pipeline.run(video_path, audio_path, output_path)
+    with recorded_frames(pipeline) as frames:
+        report = pipeline.run(video_path, audio_path, output_path)
     total_cpu = time.process_time() - started_cpu
     stages = {("unet" if stage == "denoise" else stage): seconds for stage, seconds in report.stage_seconds.items()}
     return BenchResult(
@@ -424,7 +437,7 @@ def bench_pipeline(
         total_cpu=total_cpu,
         peak_rss=peak_rss_bytes(),
         peak_vram=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
-        output=read_frames(output_path),
+        output=torch.from_numpy(np.stack(frames)),
     )
 
 
@@ -569,7 +582,7 @@ def format_comparison(comparison: Comparison) -> str:
             lines.append(f"  {stage:<11}{comparison.base.wall[stage] / comparison.other.wall[stage]:8.2f}x wall")
     lines.append(
         f"output difference: max {comparison.max_abs_diff:.3g}, mean {comparison.mean_abs_diff:.3g} "
-        "(faces in [-1, 1]; frames in 0..255 end to end)"
+        "(faces in [-1, 1]; end to end: frames in 0..255 before encoding)"
     )
     if comparison.latent_max_abs_diff is not None:
         lines.append(

@@ -1,4 +1,5 @@
-"""Shared test fixtures: where the conformance data lives, and skipping cleanly when it is absent."""
+"""Shared test fixtures: where the conformance data lives, skipping cleanly when it is absent, and one torch thread
+for the modules that run tiny models."""
 
 from __future__ import annotations
 
@@ -16,6 +17,22 @@ _MISSING_REASON = (
     f"conformance fixtures not found at {FIXTURES_DIR} (they live in ../shared/fixtures beside the checkout; "
     "set LATENTSYNC_FIXTURES to point elsewhere)"
 )
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``).
+
+    Tiny models gain nothing from more threads, and on a shared 2-core runner two threads were up to 20x slower than
+    one while other jobs held the cores (OpenMP threads spin while they wait for each other); one thread keeps the
+    suite's time predictable.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

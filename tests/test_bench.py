@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from latentsync import bench
-from latentsync._cli import _COMMANDS
 from latentsync._cli import bench as bench_cli
 from latentsync.errors import ConfigError
 from latentsync.pipeline.speed import SpeedSettings
@@ -20,13 +19,7 @@ SMALL = bench.SamplerInputs(resolution=32, num_frames=3, num_windows=2, num_infe
 E2E_STAGES = {"decode", "detect", "align", "vae_encode", "unet", "vae_decode", "paste", "encode"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from more threads, and on a shared machine waiting threads slow them down."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +83,20 @@ def test_cli_end_to_end_on_a_generated_clip(tmp_path, capsys):
     assert E2E_STAGES <= set(result["ms_per_frame_wall"])
 
 
-@pytest.mark.skipif("bench" not in _COMMANDS, reason="the bench command is not registered in latentsync._cli yet")
+def test_cli_end_to_end_comparison_of_exact_switches(tmp_path, capsys):
+    """The pipeline's exact switches against its defaults on the same clip: frames within one level before
+    encoding (float rounding of the smaller VAE and UNet batches)."""
+    output = tmp_path / "compare.json"
+    switches = "cfg_batch=false,vae_batch=2,window_batch=2,io_overlap=false"  # in SpeedSettings' order
+    arguments = ["--e2e", "--frames", "34", "--steps", "1", "--threads", "1"]  # windows of 16, 16 and 2
+    assert run_cli(*arguments, "--compare", switches, "--json", str(output)) == 0
+    comparison = json.loads(output.read_text())["comparison"]
+    assert comparison["other"]["label"] == switches.replace("true", "True").replace("false", "False")
+    assert comparison["base"]["frames"] == comparison["other"]["frames"] == 34
+    assert comparison["output_max_abs_diff"] <= 1 and comparison["speedup_wall"] > 0
+    assert "speed-up" in capsys.readouterr().out
+
+
 def test_python_dash_m_bench_runs():
     completed = subprocess.run(
         [sys.executable, "-m", "latentsync", "bench", "--frames", "2", "--steps", "1", "--resolution", "32",

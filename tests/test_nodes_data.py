@@ -20,13 +20,7 @@ timeline_module = pack_module("latentsync.media.timeline")
 SIZE = (160, 160)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """As in test_pipeline.py: one intra-op thread is faster on a busy 2-core runner."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -193,7 +187,7 @@ def test_speed_widgets_come_from_the_speed_table():
     assert (interval["default"], interval["min"], interval["max"]) == (1, spec.minimum, spec.maximum)
     assert interval["tooltip"].startswith("DeepCache")
     # A switch is a boolean widget; an optional number is an integer where 0 stands for None (automatic)
-    assert data.setting_widget("io_overlap", speed.SPEED_SPECS, speed.EXACT)["default"] is False
-    assert data.setting_widget("cfg_batch", speed.SPEED_SPECS, speed.EXACT)["default"] is True
+    assert data.setting_widget("io_overlap", speed.SPEED_SPECS, speed.EXACT)["default"] is True
+    assert data.setting_widget("compile", speed.SPEED_SPECS, speed.EXACT)["default"] is False
     vae_batch = data.setting_widget("vae_batch", speed.SPEED_SPECS, speed.EXACT)
     assert (vae_batch["default"], vae_batch["min"], vae_batch["max"]) == (0, 0, speed.SPEED_SPECS["vae_batch"].maximum)

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from conftest import REPO_ROOT
 from media_synth import write_empty_wav
 from pipeline_models import (  # noqa: F401  (fixtures)
@@ -41,20 +40,13 @@ from latentsync.pipeline.lipsync import Cancelled, LipSyncPipeline
 from latentsync.pipeline.settings import LipSyncSettings
 
 SIZE = (160, 160)
-# Subprocesses run torch on one thread, as the tests do (see `one_torch_thread_per_test`).
+# Subprocesses run torch on one thread, as the tests do (see `one_torch_thread` in conftest.py).
 SINGLE_THREAD_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 # the paste may touch pixels up to this far outside the face crop's bounding box
 PASTE_MARGIN = 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread_per_test():
-    """Tiny models on a shared 2-core runner: two intra-op threads were 4x slower than one when the cores were busy
-    (OpenMP threads spin while they wait for each other); one thread keeps the suite's time predictable."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_pipeline(models, unet=None, **changes) -> LipSyncPipeline:

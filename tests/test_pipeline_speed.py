@@ -39,15 +39,10 @@ HAS_FACE = lambda index: not 10 <= index < 17  # noqa: E731
 EXACT_FACE_ATOL = 1e-4
 # ... and written frames within one uint8 level where a value sits on a rounding edge.
 EXACT_FRAME_ATOL = 1
-EXACT_SWITCHES = SpeedSettings(cfg_batch=False, vae_batch=3, window_batch=3, io_overlap=True)
+EXACT_SWITCHES = SpeedSettings(cfg_batch=False, vae_batch=3, window_batch=3, io_overlap=False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_pipeline(models, speed: SpeedSettings = EXACT, unet=None, **changes) -> LipSyncPipeline:
@@ -118,7 +113,8 @@ def test_io_overlap_writes_the_same_video(tmp_path, tiny_models):
     clip = write_clip(tmp_path / "clip.mp4", 10, size=SIZE)
     audio = write_wav(tmp_path / "speech.wav", speech(0.64))
     outputs = []
-    for speed, name in ((EXACT, "plain.mp4"), (SpeedSettings(io_overlap=True), "overlap.mp4")):
+    assert EXACT.io_overlap  # on by default
+    for speed, name in ((SpeedSettings(io_overlap=False), "plain.mp4"), (EXACT, "overlap.mp4")):
         report = make_pipeline(tiny_models, speed, ZeroNoiseUNet(), num_inference_steps=1).run(
             clip, audio, tmp_path / name
         )
@@ -156,8 +152,8 @@ def parse(*argv: str) -> argparse.Namespace:
 
 def test_speed_option_of_the_command_line():
     assert lipsync_cli.speed_from_args(parse()) == EXACT
-    args = parse("--speed", "io_overlap=true, vae_batch=2,window_batch=4")
-    assert lipsync_cli.speed_from_args(args) == SpeedSettings(io_overlap=True, vae_batch=2, window_batch=4)
+    args = parse("--speed", "io_overlap=false, vae_batch=2,window_batch=4")
+    assert lipsync_cli.speed_from_args(args) == SpeedSettings(io_overlap=False, vae_batch=2, window_batch=4)
     # --deepcache is the official interval and branch; --speed may change the branch
     args = parse("--deepcache", "--speed", "deepcache_branch=2")
     assert lipsync_cli.speed_from_args(args) == SpeedSettings(deepcache_interval=3, deepcache_branch=2)
@@ -173,3 +169,21 @@ def test_bad_speed_option_is_a_usage_error(capsys, text, message):
     with pytest.raises(SystemExit) as exit_info:
         parse("--speed", text)
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_looped_frames_reuse_their_detection(tmp_path, tiny_models):
+    """Audio 2.5x the clip, pingpong: every source frame is detected once; replays reuse its face (alignment)."""
+    detected = []
+
+    class CountingDetector(SyntheticFaceDetector):
+        def _find_faces(self, image):
+            detected.append(image.shape)
+            return super()._find_faces(image)
+
+    clip = write_clip(tmp_path / "clip.mp4", 8, size=SIZE)
+    audio = write_wav(tmp_path / "speech.wav", speech(20 / 25))
+    settings = LipSyncSettings(resolution=256, num_inference_steps=1, guidance_scale=1.0, num_frames=5)
+    pipeline = LipSyncPipeline(ZeroNoiseUNet(), tiny_models.whisper, tiny_models.vae, CountingDetector(), settings)
+    report = pipeline.run(clip, audio, tmp_path / "out.mp4")
+    assert (report.num_frames, report.num_generated) == (20, 20)
+    assert len(detected) == 8

@@ -36,13 +36,7 @@ DEEPCACHE_RANDOM_WEIGHTS_RTOL = {"shallowest": 0.9, "deepest": 0.15}
 WINDOW_BATCH_ATOL = 1e-4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from more threads, and on a shared machine waiting threads slow them down."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def random_unet(layers_per_block: int = 2, seed: int = 0) -> UNet3DConditionModel:

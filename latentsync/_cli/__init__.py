@@ -22,7 +22,8 @@ logger = logging.getLogger("latentsync")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m latentsync", description="LatentSync lip sync: inference, sync score, tiny test models, downloads."
+        prog="python -m latentsync",
+        description="LatentSync lip sync: inference, sync score, tiny test models, downloads.",
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks and debug logs")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

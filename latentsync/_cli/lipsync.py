@@ -109,7 +109,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default={},
         metavar="NAME=VALUE,...",
         help=f"speed switches of latentsync.pipeline.speed.SpeedSettings: {', '.join(SPEED_SPECS)}; e.g. "
-        "io_overlap=true,vae_batch=1 (exact) or deepcache_interval=3,compile=true",
+        "window_batch=4,vae_batch=8 (exact) or deepcache_interval=3,compile=true",
     )
 
     generation = parser.add_argument_group("generation")

@@ -49,7 +49,7 @@ from ..media.timeline import Timeline, plan_timeline
 from ..media.video import SourceFrameCursor, VideoInfo, VideoReader, probe_video
 from ..media.writer import CONTAINER_SUFFIXES, AudioFile, VideoWriter
 from ..models.vae import LatentCodec, decode_in_batches, encode_in_batches
-from .ddim import create_scheduler, initial_noise, sample_ddim
+from .ddim import create_scheduler, initial_noise
 from .models import DEFAULT_RESOLUTION
 from .settings import DEFAULT_SETTINGS, MODEL_FPS, LipSyncSettings
 from .speed import (
@@ -263,7 +263,9 @@ def check_inputs(
         try:
             folder.mkdir(parents=True)
         except OSError as error:
-            raise MediaError(f"Cannot create the output folder {folder} ({error}); choose another output path.") from error
+            raise MediaError(
+                f"Cannot create the output folder {folder} ({error}); choose another output path."
+            ) from error
     if not os.access(folder, os.W_OK | os.X_OK):
         raise MediaError(f"The output folder {folder} is not writable; choose another output path.")
     if output_path.is_dir():
@@ -333,8 +335,8 @@ class LipSyncPipeline:
             ``unet``'s layers in place.
 
     Stages (ComfyUI nodes call them on IMAGE batches): `prepare_audio`, `face_preparer` (detect + align),
-    `audio_window`, `denoise_window` / `blend_mouth` / `generate_window`, `paste`; `sync_frames` streams frames
-    through all of them and `run` adds file IO.
+    `audio_window`, `denoise_windows` (`denoise_window`) / `blend_mouth` / `generate_window`, `paste`;
+    `sync_frames` streams frames through all of them and `run` adds file IO.
     """
 
     def __init__(
