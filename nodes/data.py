@@ -33,9 +33,8 @@ from ..latentsync.face.align import FaceAligner, crop_size
 from ..latentsync.face.detectors import FaceDetector
 from ..latentsync.media.audio import MODEL_SAMPLE_RATE
 from ..latentsync.media.timeline import Timeline, samples_for_frames
-from ..latentsync.pipeline.lipsync import LipSyncPipeline, PreparedFace
-from ..latentsync.pipeline.settings import DEFAULT_SETTINGS, LARGEST_FACE, MODEL_FPS, SETTING_SPECS, LipSyncSettings
-from ..latentsync.pipeline.speed import EXACT, SpeedSettings
+from ..latentsync.pipeline.lipsync import PreparedFace
+from ..latentsync.pipeline.settings import DEFAULT_SETTINGS, LARGEST_FACE, MODEL_FPS, SETTING_SPECS
 
 # Largest face number the face_index widget offers (faces are counted by size, 0 = largest).
 MAX_FACE_INDEX = 16
@@ -208,7 +207,8 @@ class PreparedFaces:
 
 
 class PreparedFacesReplay:
-    """Plays stored faces back through `LipSyncPipeline.sync_frames` in place of a `FacePreparer`.
+    """Plays stored faces back through `LipSyncPipeline.sync_frames` (its ``preparer``) in place of a
+    `FacePreparer`.
 
     ``prepare`` receives the first visit of every source frame, in order 0, 1, 2, ... over all its calls (the
     pipeline's contract), so the k-th frame it sees gets face k; ``align`` serves replayed frames (loop, pingpong)
@@ -229,20 +229,6 @@ class PreparedFacesReplay:
 
     def align(self, frame: np.ndarray, affine: np.ndarray) -> PreparedFace:
         return PreparedFace(affine, self.aligner.align(frame, affine))
-
-
-class PreparedFacesPipeline(LipSyncPipeline):
-    """`LipSyncPipeline` whose faces come from LatentSync Face Prepare: `sync_frames` replays them instead of
-    detecting (``whisper`` is not needed: the features come from LatentSync Audio Encode)."""
-
-    def __init__(
-        self, faces: PreparedFaces, unet: torch.nn.Module, vae, settings: LipSyncSettings, speed: SpeedSettings = EXACT
-    ):
-        super().__init__(unet, whisper=None, vae=vae, detector=faces.detector, settings=settings, speed=speed)
-        self.prepared = faces
-
-    def face_preparer(self, fps: Fraction | float = MODEL_FPS) -> PreparedFacesReplay:
-        return self.prepared.preparer()
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -55,7 +55,6 @@ from .data import (
     AudioEmbeds,
     LatentSyncModel,
     PreparedFaces,
-    PreparedFacesPipeline,
     StepProgress,
     face_index_setting,
     num_model_frames,
@@ -231,13 +230,15 @@ class LatentSyncSampler(io.ComfyNode):
         # 2. Stream the frames of the timeline through the pipeline into the output batch
         progress = sampling_progress(timeline, settings)
         codec = vae_codec(vae, keep_loaded=[model.patcher], on_decoded=progress.show)
-        pipeline = PreparedFacesPipeline(faces, model.unet, codec, settings, speed)
+        # whisper is not needed: the features come from LatentSync Audio Encode
+        pipeline = LipSyncPipeline(model.unet, None, codec, faces.detector, settings, speed)
         started = time.perf_counter()
         timeline_frames = ((index, frames[index]) for index in timeline.source_indices())
         clock, report = StageClock(), LipSyncReport(fps=fps, resolution=model.resolution)
         synced = pipeline.sync_frames(
-            timeline_frames, audio_embeds.features, fps, progress.progress, progress.cancel, clock, report
-        )
+            timeline_frames, audio_embeds.features, fps, progress.progress, progress.cancel, clock, report,
+            preparer=faces.preparer(),
+        )  # fmt: skip
         output = torch.empty((timeline.num_output_frames, height, width, 3), dtype=torch.float32)
         for index, frame in enumerate(synced):
             output[index] = frame_to_image(frame)

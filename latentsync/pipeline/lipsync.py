@@ -537,6 +537,7 @@ class LipSyncPipeline:
         cancel: CancelCallback | None = None,
         clock: StageClock | None = None,
         report: LipSyncReport | None = None,
+        preparer: FacePreparer | None = None,
     ) -> Iterator[np.ndarray]:
         """Lip-sync a stream of frames.
 
@@ -546,6 +547,9 @@ class LipSyncPipeline:
             features: Whisper features covering the output (`prepare_audio`), model frame ``j`` at ``j / 25`` s.
             fps: output frame rate.
             report: counters are added to it.
+            preparer: where the faces come from: a fresh `face_preparer` (detect, track, align) by default; or
+                anything with `FacePreparer`'s ``prepare`` and ``align``, e.g. faces prepared earlier (the ComfyUI
+                sampler replays those of LatentSync Face Prepare).
 
         Yields:
             output frames ``(h, w, 3)`` uint8, in order, one per input frame.
@@ -556,7 +560,8 @@ class LipSyncPipeline:
         """
         clock = clock or StageClock()
         stream = _SyncStream(self, features, Fraction(fps), progress, cancel, clock, report or LipSyncReport())
-        for frame, face in self._prepared_frames(self.face_preparer(fps), frames, clock):
+        preparer = preparer if preparer is not None else self.face_preparer(fps)
+        for frame, face in self._prepared_frames(preparer, frames, clock):
             yield from stream.push(frame, face)
         yield from stream.finish()
 
