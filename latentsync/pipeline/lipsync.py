@@ -10,11 +10,12 @@ shows the mouth of model frame ``floor(i 25 / F)``, blended into its own aligned
 background always belong to the frame being written. At ``F = 25`` both maps are the identity and the procedure
 is the reference's.
 
-Memory. Only these live at once: the output frames whose mouth is still being generated (one window's worth;
-at most ``4 num_frames`` frames, after which a partial window is generated early), one window of aligned faces
-and decoded faces, the frames `SourceFrameCursor` keeps for replaying the clip (``REVISIT_CACHE_BYTES``, only for
-``loop`` and ``pingpong``), the 16 kHz audio with its Whisper features (about 0.45 MB per second of audio
-with whisper tiny), and one affine matrix per source frame (48 bytes, reused when the clip is replayed).
+Memory. Only these live at once: the output frames whose mouth is still being generated (one window's worth, or
+``window_batch`` windows' with that speed switch; at most ``4 num_frames window_batch`` frames, after which the
+collected windows are generated early), those windows' aligned faces and decoded faces, the frames
+`SourceFrameCursor` keeps for replaying the clip (``REVISIT_CACHE_BYTES``, only for ``loop`` and ``pingpong``),
+the 16 kHz audio with its Whisper features (about 0.45 MB per second of audio with whisper tiny), and one affine
+matrix per source frame (48 bytes, reused when the clip is replayed).
 
 Windows. Consecutive model frames with a face form a window of up to ``num_frames`` frames; a frame without a
 face closes the current window early. All frames share one initial noise, drawn once per video (as the
@@ -746,18 +747,15 @@ class _SyncStream:
     def _close_window(self) -> None:
         """End the window being collected (full, or cut by a frame without a face); generate once a batch of
         ``window_batch`` windows has closed."""
-        if self.window_faces:
-            self.closed_windows.append((self.window_start, np.stack(self.window_faces)))
-            self.window_faces = []
-        if len(self.closed_windows) >= self.window_batch:
-            self._generate()
+        self._generate(full_batch_only=True)
 
-    def _generate(self) -> None:
-        """Generate the closed windows and the one being collected (if any) into `decoded`."""
+    def _generate(self, full_batch_only: bool = False) -> None:
+        """Close the window being collected (if any) and generate the closed windows into `decoded` (with
+        ``full_batch_only``, only once there are ``window_batch`` of them)."""
         if self.window_faces:
             self.closed_windows.append((self.window_start, np.stack(self.window_faces)))
             self.window_faces = []
-        if not self.closed_windows:
+        if not self.closed_windows or (full_batch_only and len(self.closed_windows) < self.window_batch):
             return
         windows = [
             (faces, self.pipeline.audio_window(self.features, start, len(faces)))
