@@ -17,6 +17,7 @@ from typing import Mapping
 import torch
 
 from .errors import CheckpointError
+from .files import atomic_write
 
 # How many offending keys an error message lists before it says "... and N more".
 _MAX_LISTED_KEYS = 8
@@ -165,17 +166,13 @@ def save_checkpoint(
         raise CheckpointError(f"Cannot save a {what} as {path.name}: use a .pt or .safetensors file name.")
     tensors = {key: tensor.detach().cpu().contiguous() for key, tensor in state_dict.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_write(path) as temporary:
         if path.suffix == ".safetensors":
             from safetensors.torch import save_file
 
             save_file(tensors, str(temporary), metadata={"format": "pt", **metadata})
         else:
             torch.save({**container, "state_dict": tensors}, temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
     return path
 
 

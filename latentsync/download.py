@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import LatentSyncError
+from .files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -96,9 +97,8 @@ def download_release(version: str, dest: str | os.PathLike) -> list[Path]:
             cached = Path(hf_hub_download(remote.repo_id, remote.filename))
             _verify(cached, size, sha256)
             target.parent.mkdir(parents=True, exist_ok=True)
-            partial = target.with_name(f".{target.name}.partial")
-            shutil.copyfile(cached, partial)
-            os.replace(partial, target)
+            with atomic_write(target) as temporary:
+                shutil.copyfile(cached, temporary)
             written.append(target)
     except LatentSyncError:
         raise

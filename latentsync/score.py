@@ -59,6 +59,7 @@ from .errors import ConfigError, MediaError, NoFaceError
 from .face import FaceAligner
 from .face.detectors import FaceDetector, create_face_detector
 from .face.tracking import FaceTracker
+from .files import atomic_write
 from .media import VideoReader, load_audio
 from .models.syncnet import StableSyncNet, pack_frames, sync_distance
 from .models.syncnet_configs import DEFAULT_SYNCNET_CONFIG, get_syncnet_config
@@ -686,12 +687,9 @@ def save_png(image: np.ndarray, path: str | os.PathLike) -> Path:
     ok, encoded = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
     if not ok:
         raise MediaError(f"OpenCV could not encode the {image.shape} image as PNG.")
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        temporary.write_bytes(encoded.tobytes())
-        os.replace(temporary, path)
+        with atomic_write(path) as temporary:
+            temporary.write_bytes(encoded.tobytes())
     except OSError as error:
         raise MediaError(f"Cannot write {path} ({error}).") from error
-    finally:
-        temporary.unlink(missing_ok=True)
     return path

@@ -21,6 +21,7 @@ from typing import Callable, Optional, Protocol
 import torch
 
 from latentsync.errors import ConfigError
+from latentsync.files import atomic_write
 
 from .runtime import is_deepspeed
 
@@ -193,9 +194,8 @@ def copy_model_file(checkpoint: Path, name: str, export_dir: Path, convert: Opti
     may write further formats next to it."""
     export_dir.mkdir(parents=True, exist_ok=True)
     target = export_dir / name
-    temporary = export_dir / f".{name}.{os.getpid()}.tmp"
-    shutil.copyfile(checkpoint / name, temporary)
-    os.replace(temporary, target)
+    with atomic_write(target) as temporary:
+        shutil.copyfile(checkpoint / name, temporary)
     if convert is not None:
         convert(target, export_dir)
     return target

@@ -19,6 +19,7 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from latentsync.errors import ConfigError
+from latentsync.files import atomic_write
 
 MODES = ("stage1", "stage2", "lora", "syncnet")
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -170,9 +171,8 @@ class Config(dict):
         """Write the resolved config atomically; `load_config` reads it back to the same values."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        temporary.write_text(self.to_yaml())
-        os.replace(temporary, path)
+        with atomic_write(path) as temporary:
+            temporary.write_text(self.to_yaml())
         return path
 
 

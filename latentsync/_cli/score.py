@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..errors import ConfigError, MediaError
 from ..face.detectors import DEFAULT_FACE_DETECTOR, FACE_DETECTORS, create_face_detector
+from ..files import atomic_write
 from ..models.syncnet import load_syncnet
 from ..models.syncnet_configs import SYNCNET_CONFIGS
 from ..score import DEFAULT_BATCH_SIZE, DEFAULT_MAX_OFFSET, plot_offsets, save_png, score_video
@@ -83,14 +84,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def _write_json(data: dict, path: Path) -> None:
     if not path.parent.is_dir():
         raise MediaError(f"Output folder {path.parent} does not exist; create it first.")
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        temporary.write_text(json.dumps(data, indent=2) + "\n")
-        os.replace(temporary, path)
+        with atomic_write(path) as temporary:
+            temporary.write_text(json.dumps(data, indent=2) + "\n")
     except OSError as error:
         raise MediaError(f"Cannot write {path} ({error}).") from error
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from fractions import Fraction
@@ -20,6 +19,7 @@ import av
 import numpy as np
 
 from ..errors import MediaError
+from ..files import create_temporary
 from .audio import decode_audio, probe_audio
 from .timeline import samples_for_frames
 
@@ -171,10 +171,8 @@ class VideoWriter:
             raise MediaError(f"Output folder {folder} does not exist (or is not a folder); create it first.")
         self.encoded_width, self.encoded_height = self.width + self.width % 2, self.height + self.height % 2
         self.frames_written = 0
-        # Same folder, so the final rename is atomic; created like any new file (the umask applies).
-        self.temp_path = folder / f".{self.path.stem}.{secrets.token_hex(4)}.partial{self.path.suffix}"
         try:
-            os.close(os.open(self.temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            self.temp_path = create_temporary(self.path, tag="partial")
         except OSError as error:
             raise MediaError(
                 f"Cannot write to the output folder {folder} ({error}); choose a writable folder."

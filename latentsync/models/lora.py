@@ -28,6 +28,7 @@ from torch import nn
 
 from ..checkpoint import read_checkpoint
 from ..errors import CheckpointError
+from ..files import atomic_write
 
 FORMAT_VERSION = "1"
 _DOWN, _UP = ".lora_A.weight", ".lora_B.weight"
@@ -84,12 +85,8 @@ def save_lora(lora: LoRA, path: str | os.PathLike) -> Path:
         "targets": json.dumps(sorted(lora.layers)),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_write(path) as temporary:
         save_file(lora_state_dict(lora), str(temporary), metadata=metadata)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
     return path
 
 

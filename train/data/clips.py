@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from latentsync.errors import ConfigError, MediaError
+from latentsync.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -142,9 +143,8 @@ class AudioFeatureCache:
         from safetensors.torch import save_file
 
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        save_file({"value": value.contiguous()}, str(temporary))
-        os.replace(temporary, path)
+        with atomic_write(path) as temporary:
+            save_file({"value": value.contiguous()}, str(temporary))
 
     def _audio(self, clip: Path) -> np.ndarray:
         from latentsync.media import load_audio

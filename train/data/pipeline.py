@@ -39,6 +39,7 @@ from typing import Callable, Iterable, Optional
 import numpy as np
 
 from latentsync.errors import ConfigError, LatentSyncError
+from latentsync.files import atomic_write
 
 logger = logging.getLogger("train")
 
@@ -455,9 +456,8 @@ def write_lists(clips: list[dict], output: Path, val_fraction: float) -> None:
     """``fileslist.txt``, ``val_fileslist.txt`` (paths relative to ``output``) and ``meta.jsonl``, atomically."""
 
     def write(name: str, text: str) -> None:
-        temporary = output / f".{name}.{os.getpid()}.tmp"
-        temporary.write_text(text)
-        os.replace(temporary, output / name)
+        with atomic_write(output / name) as temporary:
+            temporary.write_text(text)
 
     train, val = [], []
     for clip in clips:

@@ -1,0 +1,50 @@
+"""Writing a file so that no reader ever sees half of it and no planted link is followed.
+
+Every writer of the library (and of ``train``) writes to a temporary file beside the target and renames it over
+the target when the file is complete (`atomic_write`). The temporary file is created exclusively
+(``O_CREAT | O_EXCL``) under a random name: a file or symbolic link someone placed at that name makes the
+creation fail instead of being opened, so the write can never land elsewhere through a link.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def create_temporary(path: str | os.PathLike, tag: str = "tmp") -> Path:
+    """Create a new, empty file beside ``path`` named ``.<stem>.<random>.<tag><suffix>`` and return its path.
+
+    It is in the same folder as ``path`` (so renaming it onto ``path`` is atomic) and keeps the suffix (so writers
+    that pick the format by suffix, such as video muxers, pick the target's). Created like any new file (the umask
+    applies).
+
+    Raises:
+        OSError: the folder is missing or not writable, or the name exists (``FileExistsError``).
+    """
+    path = Path(path)
+    temporary = path.with_name(f".{path.stem}.{secrets.token_hex(4)}.{tag}{path.suffix}")
+    os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    return temporary
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a new temporary file (`create_temporary`) to write ``path``'s content to; when the block ends
+    normally it replaces ``path``, otherwise it is removed and ``path`` is left as it was.
+
+    Example::
+
+        with atomic_write(path) as temporary:
+            temporary.write_text(text)
+    """
+    path = Path(path)
+    temporary = create_temporary(path)
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
