@@ -23,3 +23,7 @@ class MediaError(LatentSyncError):
 
 class NoFaceError(LatentSyncError):
     """No usable face was found where one was required."""
+
+
+class Cancelled(LatentSyncError):
+    """A run was stopped by its ``cancel`` callback; nothing was written."""

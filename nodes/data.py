@@ -33,7 +33,7 @@ from ..latentsync.face.align import FaceAligner, crop_size
 from ..latentsync.face.detectors import FaceDetector
 from ..latentsync.media.audio import MODEL_SAMPLE_RATE
 from ..latentsync.media.timeline import Timeline, samples_for_frames
-from ..latentsync.pipeline.lipsync import PreparedFace
+from ..latentsync.pipeline.faces import PreparedFace
 from ..latentsync.pipeline.settings import DEFAULT_SETTINGS, LARGEST_FACE, MODEL_FPS, SETTING_SPECS
 
 # Largest face number the face_index widget offers (faces are counted by size, 0 = largest).
@@ -147,7 +147,7 @@ class PreparedFaces:
         detector: FaceDetector,
         on_frame: Callable[[int], None] | None = None,
     ) -> PreparedFaces:
-        """Store the ``(frame, face)`` pairs of `latentsync.pipeline.lipsync.FacePreparer.prepare` for ``num_frames``
+        """Store the ``(frame, face)`` pairs of `latentsync.pipeline.faces.FacePreparer.prepare` for ``num_frames``
         frames; ``on_frame(count)`` after each."""
         faces = np.zeros((num_frames, resolution, resolution, 3), dtype=np.uint8)
         affines = np.full((num_frames, 2, 3), np.nan)

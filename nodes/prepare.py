@@ -12,7 +12,7 @@ from comfy.utils import ProgressBar
 from comfy_api.latest import io
 
 from ..latentsync.face.detectors import FaceDetector
-from ..latentsync.pipeline.lipsync import FacePreparer
+from ..latentsync.pipeline.faces import FacePreparer
 from .common import AUDIO_EMBEDS, AUDIO_ENCODER, CATEGORY, FACE_DETECTOR, FACES, MODEL, check_cancel, setting_input
 from .convert import MAX_FPS, MIN_FPS, Uint8Frames, as_fps, frames_to_images, model_waveform
 from .data import AudioEmbeds, LatentSyncModel, PreparedFaces, face_index_setting, padded_length

@@ -30,9 +30,11 @@ from ..latentsync.face.detectors import FaceDetector
 from ..latentsync.media.audio import probe_audio
 from ..latentsync.media.timeline import Timeline, plan_timeline
 from ..latentsync.media.video import probe_video
-from ..latentsync.pipeline.lipsync import LipSyncPipeline, LipSyncReport, StageClock
+from ..latentsync.pipeline.lipsync import LipSyncPipeline
+from ..latentsync.pipeline.report import LipSyncReport
 from ..latentsync.pipeline.settings import LipSyncSettings
 from ..latentsync.pipeline.speed import EXACT, SPEED_SPECS, SpeedSettings
+from ..latentsync.pipeline.timing import StageClock
 from .common import (
     AUDIO_EMBEDS,
     AUDIO_ENCODER,

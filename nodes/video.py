@@ -5,8 +5,7 @@ from __future__ import annotations
 import folder_paths
 from comfy_api.latest import io
 
-from ..latentsync.media.writer import AudioArray, VideoWriter
-from ..latentsync.pipeline.lipsync import OUTPUT_CRF
+from ..latentsync.media.writer import OUTPUT_CRF, AudioArray, VideoWriter
 from .common import CATEGORY, check_cancel
 from .convert import as_fps, audio_samples, check_images, frame_to_uint8, scratch_dir
 from .prepare import fps_input

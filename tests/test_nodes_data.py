@@ -13,6 +13,7 @@ from test_nodes_pack import pack_module
 
 data = pack_module("nodes.data")
 errors = pack_module("latentsync.errors")
+faces_module = pack_module("latentsync.pipeline.faces")
 lipsync = pack_module("latentsync.pipeline.lipsync")
 settings_module = pack_module("latentsync.pipeline.settings")
 timeline_module = pack_module("latentsync.media.timeline")
@@ -54,7 +55,7 @@ def test_pad_needs_silence_from_audio_encode():
 
 def prepared_faces(frames: list[np.ndarray], resolution: int = 256):
     detector = SyntheticFaceDetector()
-    preparer = lipsync.FacePreparer(detector, resolution, fps=25)
+    preparer = faces_module.FacePreparer(detector, resolution, fps=25)
     return data.PreparedFaces.collect(
         preparer.prepare(iter(frames)), len(frames), frames[0].shape[:2], resolution, detector
     )
@@ -100,7 +101,7 @@ def test_faces_must_fit_the_frames_and_the_model():
 
 def test_collect_needs_every_frame():
     detector = SyntheticFaceDetector()
-    pairs = lipsync.FacePreparer(detector, 256).prepare(iter(clip(3)))
+    pairs = faces_module.FacePreparer(detector, 256).prepare(iter(clip(3)))
     with pytest.raises(errors.MediaError, match="returned 3 frames for 4 input frames"):
         data.PreparedFaces.collect(pairs, 4, SIZE, 256, detector)
 

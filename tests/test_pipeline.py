@@ -33,10 +33,10 @@ from pipeline_models import (  # noqa: F401  (fixtures)
     write_wav,
 )
 
-from latentsync.errors import MediaError, NoFaceError
+from latentsync.errors import Cancelled, MediaError, NoFaceError
 from latentsync.face.align import FaceAligner, crop_size
 from latentsync.media import load_audio, probe_audio, probe_video
-from latentsync.pipeline.lipsync import Cancelled, LipSyncPipeline
+from latentsync.pipeline.lipsync import LipSyncPipeline
 from latentsync.pipeline.settings import LipSyncSettings
 
 SIZE = (160, 160)

@@ -11,9 +11,10 @@ from fractions import Fraction
 import pytest
 
 from latentsync.errors import CheckpointError, ConfigError
-from latentsync.pipeline.lipsync import StageClock, model_frame_shown, model_frames_of
 from latentsync.pipeline.models import DEFAULT_RESOLUTION, find_model_files, infer_resolution
 from latentsync.pipeline.settings import DEFAULT_SETTINGS, SETTING_SPECS, LipSyncSettings
+from latentsync.pipeline.stream import model_frame_shown, model_frames_of
+from latentsync.pipeline.timing import StageClock
 
 
 def test_defaults_are_the_reference_values():

@@ -26,8 +26,8 @@ from pipeline_models import (  # noqa: F401  (fixtures)
 )
 
 from latentsync._cli import lipsync as lipsync_cli
-from latentsync.errors import ConfigError
-from latentsync.pipeline.lipsync import Cancelled, LipSyncPipeline
+from latentsync.errors import Cancelled, ConfigError
+from latentsync.pipeline.lipsync import LipSyncPipeline
 from latentsync.pipeline.settings import LipSyncSettings
 from latentsync.pipeline.speed import EXACT, SpeedSettings
 

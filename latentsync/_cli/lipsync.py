@@ -232,7 +232,8 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from ..face.detectors import create_face_detector
-    from ..pipeline.lipsync import LipSyncPipeline, check_inputs
+    from ..pipeline.inputs import check_inputs
+    from ..pipeline.lipsync import LipSyncPipeline
     from ..pipeline.models import load_models
     from ..pipeline.settings import resolve_device, resolve_dtype
 

@@ -31,6 +31,8 @@ AAC_FRAME_SIZE = 1024  # samples per AAC-LC frame; the encoder takes exactly thi
 AAC_SAMPLE_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350)
 FALLBACK_AUDIO_RATE = 48000  # used when the source rate is not one AAC can store
 CONTAINER_SUFFIXES = (".mp4", ".mov", ".mkv")
+# H.264 quality of the output (lower is better; 18 is visually lossless for most content).
+OUTPUT_CRF = 18
 BT709 = 1  # FFmpeg's enum value for ITU-R BT.709 colourspace, primaries and transfer
 LIMITED_RANGE = 1  # FFmpeg's AVCOL_RANGE_MPEG (16..235)
 # FFmpeg's default layout per channel count, for sources whose channel order is unspecified ("2 channels").
@@ -150,7 +152,7 @@ class VideoWriter:
         fps: Fraction | int,
         width: int,
         height: int,
-        crf: int = 18,
+        crf: int = OUTPUT_CRF,
         audio: AudioSource | None = None,
         *,
         preset: str = "medium",

@@ -2,13 +2,10 @@
 
     decode → detect → align → VAE encode → denoise (windows of ``num_frames``) → VAE decode → paste → encode
 
-Timelines. The output has the source's frame rate (or ``output_fps``) and the length the length policy gives
+The output has the source's frame rate (or ``output_fps``) and the length the length policy gives
 (`latentsync.media.timeline`): output frame ``i`` at ``F`` fps shows source frame ``timeline.source_index(i)`` of
-the clip resampled to ``F`` by timestamp. The model runs at 25 fps on that output timeline: model frame ``j``
-(time ``j / 25``) sees the face of output frame ``floor(j F / 25)`` and the audio at ``j / 25``; output frame ``i``
-shows the mouth of model frame ``floor(i 25 / F)``, blended into its own aligned face, so the upper face and the
-background always belong to the frame being written. At ``F = 25`` both maps are the identity and the procedure
-is the reference's.
+the clip resampled to ``F`` by timestamp. How model frames (25 fps) map to output frames, and how windows are cut,
+is `latentsync.pipeline.stream`'s.
 
 Memory. Only these live at once: the output frames whose mouth is still being generated (one window's worth, or
 ``window_batch`` windows' with that speed switch; at most ``4 num_frames window_batch`` frames, after which the
@@ -16,42 +13,35 @@ collected windows are generated early), those windows' aligned faces and decoded
 `SourceFrameCursor` keeps for replaying the clip (``REVISIT_CACHE_BYTES``, only for ``loop`` and ``pingpong``),
 the 16 kHz audio with its Whisper features (about 0.45 MB per second of audio with whisper tiny), and one affine
 matrix per source frame (48 bytes, reused when the clip is replayed).
-
-Windows. Consecutive model frames with a face form a window of up to ``num_frames`` frames; a frame without a
-face closes the current window early. All frames share one initial noise, drawn once per video (as the
-reference does), so where a window is cut does not change the noise a frame starts from.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
-from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import closing, contextmanager
-from dataclasses import dataclass, field
 from fractions import Fraction
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..audio.chunks import feature_window
-from ..errors import LatentSyncError, MediaError, NoFaceError
-from ..face.align import FaceAligner
+from ..errors import Cancelled, MediaError
 from ..face.detectors import FaceDetector, create_face_detector
 from ..face.mask import VAE_SCALE_FACTOR, MouthMask
 from ..face.restore import paste_back
-from ..face.tracking import FaceTracker, OneEuroFilter
-from ..media.audio import MODEL_SAMPLE_RATE, AudioInfo, decode_audio, load_audio, probe_audio
+from ..media.audio import MODEL_SAMPLE_RATE, load_audio
 from ..media.timeline import Timeline, plan_timeline
-from ..media.video import SourceFrameCursor, VideoInfo, VideoReader, probe_video
-from ..media.writer import CONTAINER_SUFFIXES, AudioFile, VideoWriter
+from ..media.video import SourceFrameCursor, VideoReader
+from ..media.writer import OUTPUT_CRF, AudioFile, VideoWriter
 from ..models.vae import LatentCodec, decode_in_batches, encode_in_batches
 from .ddim import create_scheduler, initial_noise
+from .faces import FacePreparer, face_pixels, replay_faces
+from .inputs import check_inputs
 from .models import DEFAULT_RESOLUTION
+from .report import LipSyncReport
 from .settings import DEFAULT_SETTINGS, MODEL_FPS, LipSyncSettings
 from .speed import (
     EXACT,
@@ -63,18 +53,15 @@ from .speed import (
     wrap_detector,
     wrap_unet,
 )
+from .stream import SyncStream
+from .timing import StageClock
 
 logger = logging.getLogger(__name__)
 
-# Output frames that may wait for their mouth, in windows (per window batch); more forces a partial window (very
-# high frame rates).
-MAX_PENDING_WINDOWS = 4
 # Frames decoded ahead, and finished frames waiting for the encoder, with `SpeedSettings.io_overlap`.
 IO_QUEUE_FRAMES = 8
 # Decoded source frames kept for replaying the clip (loop, pingpong); a backward walk decodes blocks this big.
 REVISIT_CACHE_BYTES = 64 * 2**20
-# H.264 quality of the output (lower is better; 18 is visually lossless for most content).
-OUTPUT_CRF = 18
 
 ProgressCallback = Callable[[str, int, int], None]
 """``progress(stage, done, total)``; stages ``"audio"``, ``"frames"`` (output frames written) and ``"denoise"``
@@ -83,244 +70,9 @@ CancelCallback = Callable[[], bool]
 """``cancel()`` returns True to stop; it is asked before every output frame and after every denoising step."""
 
 
-class Cancelled(LatentSyncError):
-    """The run was stopped by its ``cancel`` callback; nothing was written."""
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Timing
-
-
-class StageClock:
-    """Seconds spent per stage. Sections nest: an inner section's time is not counted in the outer one, so the
-    stages add up to the time measured."""
-
-    _END = object()
-
-    def __init__(self):
-        self.seconds: dict[str, float] = defaultdict(float)
-        self._inner: list[float] = []  # per open section: seconds spent in sections nested in it
-
-    @contextmanager
-    def section(self, stage: str):
-        start = time.perf_counter()
-        self._inner.append(0.0)
-        try:
-            yield
-        finally:
-            elapsed = time.perf_counter() - start
-            self.seconds[stage] += elapsed - self._inner.pop()
-            if self._inner:
-                self._inner[-1] += elapsed
-
-    def iterate(self, items: Iterable, stage: str) -> Iterator:
-        """``items``, with the time spent producing each one counted for ``stage``."""
-        iterator = iter(items)
-        while True:
-            with self.section(stage):
-                item = next(iterator, self._END)
-            if item is self._END:
-                return
-            yield item
-
-
-@contextmanager
-def one_torch_thread():
-    """Run small per-frame tensor work (the warps and blurs of align and paste) on one intra-op thread.
-
-    Splitting a 280 x 210 warp across threads costs more than it saves; on two busy cores one paste took 80 ms with
-    two threads and 6 ms with one. The previous thread count is restored on exit (it is process-wide state).
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Faces
-
-
-@dataclass
-class PreparedFace:
-    """The aligned face of one frame.
-
-    Attributes:
-        affine: ``(2, 3)`` float64 frame → crop matrix (`FaceAligner.estimate_affine`).
-        face: ``(R, R, 3)`` uint8 RGB aligned face.
-    """
-
-    affine: np.ndarray
-    face: np.ndarray
-
-
-class FacePreparer:
-    """Detects, tracks and aligns the face of each frame of one clip, fed in order.
-
-    Args:
-        detector: any `FaceDetector`.
-        resolution: side of the aligned face (256 or 512).
-        face_index: ``"largest"`` or the k-th largest face, followed from its first appearance (`FaceTracker`).
-        fps: frame rate of the frames fed, which sets the time step of the tracker's point smoothing.
-    """
-
-    def __init__(
-        self,
-        detector: FaceDetector,
-        resolution: int = DEFAULT_RESOLUTION,
-        face_index="largest",
-        fps: Fraction | float = MODEL_FPS,
-    ):
-        self.tracker = FaceTracker(detector, face_index=face_index, smoothing=OneEuroFilter(fps=float(fps)))
-        self.aligner = FaceAligner(resolution, smooth=True)
-
-    def prepare(
-        self, frames: Iterable[np.ndarray], clock: StageClock | None = None
-    ) -> Iterator[tuple[np.ndarray, PreparedFace | None]]:
-        """Yield ``(frame, face)`` for every ``(h, w, 3)`` uint8 RGB frame, in order; ``face`` is ``None`` where the
-        tracker has no face. A few frames may be held back while the tracker bridges a short miss."""
-        clock = clock or StageClock()
-        for frame, points in clock.iterate(self.tracker.track(frames), "detect"):
-            face = None
-            if points is not None:
-                with clock.section("align"), one_torch_thread():
-                    try:
-                        face = self.align(frame, self.aligner.estimate_affine(points))
-                    except NoFaceError as error:  # degenerate points (all three coincide)
-                        logger.debug("unusable face points: %s", error)
-            if face is None:
-                self.aligner.reset()  # the smoothing state does not carry across a gap
-            yield frame, face
-
-    def align(self, frame: np.ndarray, affine: np.ndarray) -> PreparedFace:
-        """The face of ``frame`` under a known ``affine`` (a frame seen before, e.g. when a clip is replayed)."""
-        return PreparedFace(affine, self.aligner.align(frame, affine))
-
-
-def face_pixels(faces) -> torch.Tensor:
-    """``(f, R, R, 3)`` uint8 faces → ``(f, 3, R, R)`` float32 pixels ``(x / 255 - 0.5) / 0.5`` in ``[-1, 1]``."""
-    faces = torch.as_tensor(np.asarray(faces))
-    return (faces.permute(0, 3, 1, 2).float() / 255.0 - 0.5) / 0.5
-
-
 def _to_video(latents: torch.Tensor) -> torch.Tensor:
     """``(f, c, h, w)`` → ``(1, c, f, h, w)``."""
     return latents.permute(1, 0, 2, 3).unsqueeze(0)
-
-
-def model_frames_of(output_index: int, fps: Fraction) -> range:
-    """Model frames (25 fps) that take their face from output frame ``output_index`` at ``fps``: every ``j`` with
-    ``floor(j fps / 25) == output_index`` (one at 25 fps; none or one above; one or two below)."""
-    return range(math.ceil(output_index * MODEL_FPS / fps), math.ceil((output_index + 1) * MODEL_FPS / fps))
-
-
-def model_frame_shown(output_index: int, fps: Fraction) -> int:
-    """The model frame whose mouth output frame ``output_index`` at ``fps`` shows: ``floor(i 25 / fps)``."""
-    return math.floor(output_index * MODEL_FPS / fps)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Inputs and report
-
-
-@dataclass(frozen=True)
-class LipSyncInputs:
-    """Checked inputs of a run (`check_inputs`)."""
-
-    video: VideoInfo
-    audio_path: Path
-    audio: AudioInfo
-    output_path: Path
-
-
-def check_inputs(
-    video_path: os.PathLike | str, audio_path: os.PathLike | str | None, output_path: os.PathLike | str
-) -> LipSyncInputs:
-    """Check the files of a run before any model work: the video decodes, the audio (the video's own when
-    ``audio_path`` is None) has samples, and the output can be written.
-
-    Raises:
-        MediaError: saying which file is wrong and what to do.
-    """
-    video = probe_video(video_path)
-    audio_path = Path(audio_path) if audio_path is not None else video.path
-    try:
-        audio = probe_audio(audio_path)
-    except MediaError as error:
-        if audio_path != video.path:
-            raise
-        raise MediaError(f"{video.path} has no audio track; give the speech with an audio file (--audio).") from error
-    with closing(decode_audio(audio_path)) as chunks:
-        if not any(seconds > 0 for seconds, _ in chunks):
-            raise MediaError(f"{audio_path} has an audio track of zero length. Give an audio file with speech in it.")
-
-    output_path = Path(output_path)
-    if output_path.suffix.lower() not in CONTAINER_SUFFIXES:
-        raise MediaError(f"Cannot write {output_path.name}: the output must be one of {', '.join(CONTAINER_SUFFIXES)}.")
-    folder = output_path.parent
-    if not folder.is_dir():
-        try:
-            folder.mkdir(parents=True)
-        except OSError as error:
-            raise MediaError(
-                f"Cannot create the output folder {folder} ({error}); choose another output path."
-            ) from error
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise MediaError(f"The output folder {folder} is not writable; choose another output path.")
-    if output_path.is_dir():
-        raise MediaError(f"The output {output_path} is a folder; give a file name such as {output_path / 'out.mp4'}.")
-    if output_path.exists() and any(output_path.samefile(path) for path in (video.path, audio_path)):
-        raise MediaError(f"The output {output_path} is one of the inputs; choose another output name.")
-    return LipSyncInputs(video, audio_path, audio, output_path)
-
-
-@dataclass
-class LipSyncReport:
-    """What a run did.
-
-    Attributes:
-        output_path: the file written.
-        num_frames: output frames written, at ``fps``.
-        num_model_frames: 25 fps frames of the output timeline; ``num_generated`` of them had a face and were
-            generated, in ``num_windows`` windows.
-        frames_without_face: output frames passed through unchanged (no face in them or in their model frame).
-        stage_seconds: wall-clock seconds per stage (``audio``, ``decode``, ``detect``, ``align``, ``vae_encode``,
-            ``denoise``, ``vae_decode``, ``paste``, ``encode``).
-    """
-
-    output_path: Path | None = None
-    fps: Fraction = MODEL_FPS
-    resolution: int = DEFAULT_RESOLUTION
-    audio_seconds: float = 0.0
-    num_frames: int = 0
-    num_model_frames: int = 0
-    num_generated: int = 0
-    num_windows: int = 0
-    frames_without_face: int = 0
-    stage_seconds: dict[str, float] = field(default_factory=dict)
-    wall_seconds: float = 0.0
-
-    @property
-    def duration(self) -> Fraction:
-        """Seconds of output video, exactly."""
-        return self.num_frames / self.fps
-
-    def timing_table(self) -> str:
-        """Seconds per stage and milliseconds per frame (output frames; generated frames for the model stages)."""
-        model_stages = ("vae_encode", "denoise", "vae_decode")
-        lines = [f"{'stage':<11}{'seconds':>9}{'ms/frame':>10}"]
-        for stage, seconds in self.stage_seconds.items():
-            count = self.num_generated if stage in model_stages else self.num_frames
-            per_frame = f"{1000 * seconds / count:10.1f}" if count and stage != "audio" else f"{'':>10}"
-            lines.append(f"{stage:<11}{seconds:9.2f}{per_frame}")
-        lines.append(f"{'total':<11}{self.wall_seconds:9.2f}")
-        return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Pipeline
 
 
 class LipSyncPipeline:
@@ -492,43 +244,6 @@ class LipSyncPipeline:
         return paste_back(frame, face, affine)
 
     # -- streaming ------------------------------------------------------------------------------------------
-
-    def _prepared_frames(
-        self, preparer: FacePreparer, frames: Iterable[tuple[int, np.ndarray]], clock: StageClock
-    ) -> Iterator[tuple[np.ndarray, PreparedFace | None]]:
-        """``(frame, face)`` per ``(source_index, frame)``: a source frame seen for the first time goes through the
-        tracker (first visits must come in order 0, 1, 2, ...); a replayed one reuses its affine matrix."""
-        frames = iter(frames)
-        affines: list[np.ndarray | None] = []  # per source frame
-        replayed: list[tuple[int, np.ndarray]] = []  # the frame that ended a run of first visits
-        fed = 0
-
-        def first_visits() -> Iterator[np.ndarray]:
-            nonlocal fed
-            for source_index, frame in frames:
-                if source_index < fed:
-                    replayed.append((source_index, frame))
-                    return
-                if source_index != fed:
-                    raise ValueError(f"source frame {source_index} came before source frame {fed}")
-                fed += 1
-                yield frame
-
-        while True:
-            for frame, face in preparer.prepare(first_visits(), clock):
-                affines.append(None if face is None else face.affine)
-                yield frame, face
-            if not replayed:
-                return
-            source_index, frame = replayed.pop()
-            affine = affines[source_index]
-            if affine is None:
-                yield frame, None
-            else:
-                with clock.section("align"), one_torch_thread():
-                    face = preparer.align(frame, affine)
-                yield frame, face
-
     def sync_frames(
         self,
         frames: Iterable[tuple[int, np.ndarray]],
@@ -560,9 +275,9 @@ class LipSyncPipeline:
             Cancelled: ``cancel()`` turned True.
         """
         clock = clock or StageClock()
-        stream = _SyncStream(self, features, Fraction(fps), progress, cancel, clock, report or LipSyncReport())
+        stream = SyncStream(self, features, Fraction(fps), progress, cancel, clock, report or LipSyncReport())
         preparer = preparer if preparer is not None else self.face_preparer(fps)
-        for frame, face in self._prepared_frames(preparer, frames, clock):
+        for frame, face in replay_faces(preparer, frames, clock):
             yield from stream.push(frame, face)
         yield from stream.finish()
 
@@ -682,113 +397,3 @@ class LipSyncPipeline:
         with background_calls(writer.write_frame, IO_QUEUE_FRAMES) as submit:
             yield submit
 
-
-@dataclass
-class _PendingFrame:
-    index: int  # output frame index
-    frame: np.ndarray
-    face: PreparedFace | None
-
-
-class _SyncStream:
-    """The state of `LipSyncPipeline.sync_frames`: output frames waiting for their mouth, the window being
-    collected, and the decoded faces of the last window."""
-
-    def __init__(self, pipeline, features, fps, progress, cancel, clock, report):
-        self.pipeline = pipeline
-        self.settings: LipSyncSettings = pipeline.settings
-        self.features = features
-        self.fps = fps
-        self.progress = progress
-        self.cancel = cancel
-        self.clock = clock
-        self.report = report
-        self.generator = pipeline.generator()
-        self.noise = pipeline.initial_noise(self.generator)
-        self.window_batch = pipeline.speed.window_batch
-        self.max_pending = MAX_PENDING_WINDOWS * self.settings.num_frames * self.window_batch
-        self.num_input = 0
-        self.pending: deque[_PendingFrame] = deque()
-        self.window_start = 0  # model frame of window_faces[0]
-        self.window_faces: list[np.ndarray] = []
-        self.closed_windows: list[tuple[int, np.ndarray]] = []  # (first model frame, faces), waiting for a batch
-        self.decoded: dict[int, torch.Tensor | None] = {}  # model frame → decoded face, None without a face
-
-    def push(self, frame: np.ndarray, face: PreparedFace | None) -> Iterator[np.ndarray]:
-        """Take the next output frame; yield the output frames that are complete, in order."""
-        index = self.num_input
-        self.num_input += 1
-        if face is None and self.settings.no_face == "error":
-            raise NoFaceError(
-                f"No face in output frame {index} ({float(index / self.fps):.2f} s). Use a clip with a visible face "
-                "in every frame, or no_face='passthrough' (--no-face passthrough) to keep such frames unchanged."
-            )
-        self.pending.append(_PendingFrame(index, frame, face))
-        for model_frame in model_frames_of(index, self.fps):
-            self.report.num_model_frames += 1
-            if face is None:
-                self._close_window()
-                self.decoded[model_frame] = None
-            else:
-                if not self.window_faces:
-                    self.window_start = model_frame
-                self.window_faces.append(face.face)
-                if len(self.window_faces) == self.settings.num_frames:
-                    self._close_window()
-        if len(self.pending) > self.max_pending:
-            self._generate()
-        yield from self._flush()
-
-    def finish(self) -> Iterator[np.ndarray]:
-        """Generate the last windows and yield the remaining output frames."""
-        self._generate()
-        yield from self._flush()
-
-    def _close_window(self) -> None:
-        """End the window being collected (full, or cut by a frame without a face); generate once a batch of
-        ``window_batch`` windows has closed."""
-        self._generate(full_batch_only=True)
-
-    def _generate(self, full_batch_only: bool = False) -> None:
-        """Close the window being collected (if any) and generate the closed windows into `decoded` (with
-        ``full_batch_only``, only once there are ``window_batch`` of them)."""
-        if self.window_faces:
-            self.closed_windows.append((self.window_start, np.stack(self.window_faces)))
-            self.window_faces = []
-        if not self.closed_windows or (full_batch_only and len(self.closed_windows) < self.window_batch):
-            return
-        windows = [
-            (faces, self.pipeline.audio_window(self.features, start, len(faces)))
-            for start, faces in self.closed_windows
-        ]
-        decoded = self.pipeline.denoise_windows(
-            windows, self.noise, self.generator, self.progress, self.cancel, self.clock
-        )
-        for (start, faces), window in zip(self.closed_windows, decoded):
-            for offset, face in enumerate(window):
-                self.decoded[start + offset] = face
-            self.report.num_generated += len(faces)
-            self.report.num_windows += 1
-        self.closed_windows = []
-
-    def _flush(self) -> Iterator[np.ndarray]:
-        """Yield pending frames, in order, while their mouth is ready; then forget decoded faces no longer shown."""
-        while self.pending:
-            pending = self.pending[0]
-            model_frame = model_frame_shown(pending.index, self.fps)
-            if pending.face is not None and model_frame not in self.decoded:
-                break  # its window is still being collected
-            self.pending.popleft()
-            decoded = self.decoded.get(model_frame) if pending.face is not None else None
-            if decoded is None:
-                self.report.frames_without_face += 1
-                output = pending.frame
-            else:
-                with self.clock.section("paste"), one_torch_thread():
-                    face = self.pipeline.blend_mouth(decoded[None], pending.face.face[None])[0]
-                    output = self.pipeline.paste(pending.frame, face, pending.face.affine)
-            self.report.num_frames += 1
-            yield output
-        oldest_shown = model_frame_shown(self.pending[0].index if self.pending else self.num_input, self.fps)
-        for model_frame in [key for key in self.decoded if key < oldest_shown]:
-            del self.decoded[model_frame]
