@@ -15,7 +15,7 @@ import sys
 from ..errors import LatentSyncError
 
 # command modules, in the order `--help` lists them
-_COMMANDS = ("lipsync", "score", "bench", "make_tiny_models", "download")
+_COMMANDS = ("lipsync", "faces", "score", "bench", "make_tiny_models", "download")
 
 logger = logging.getLogger("latentsync")
 

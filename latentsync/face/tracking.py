@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from .detectors.base import Face, FaceDetector
+from .search import box_iou
 
 
 @dataclass
@@ -70,14 +71,6 @@ def _smoothing_factor(cutoff: float | np.ndarray, dt: float) -> float | np.ndarr
     """Weight of the new sample in an exponential low-pass of cut-off ``cutoff`` Hz sampled every ``dt`` s."""
     time_constant = 1.0 / (2 * np.pi * cutoff)
     return 1.0 / (1.0 + time_constant / dt)
-
-
-def box_iou(box: np.ndarray, other: np.ndarray) -> float:
-    """Intersection over union of two ``x1, y1, x2, y2`` boxes."""
-    top_left, bottom_right = np.maximum(box[:2], other[:2]), np.minimum(box[2:], other[2:])
-    inter = float(np.prod(np.clip(bottom_right - top_left, 0, None)))
-    union = float(np.prod(box[2:] - box[:2]) + np.prod(other[2:] - other[:2])) - inter
-    return inter / union if union > 0 else 0.0
 
 
 class FaceTracker:

@@ -7,6 +7,7 @@ pixels, where pixel ``(x, y)`` is the centre of ``image[y, x]``.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
 from typing import ClassVar
@@ -59,6 +60,11 @@ class FaceFilter:
     min_aspect: float = 0.2
     max_aspect: float = 1.5
     min_score: float = 0.5
+
+    @classmethod
+    def for_min_height(cls, min_height: int) -> FaceFilter:
+        """The reference's rules with faces from ``min_height`` pixels tall (width at the reference's 50 : 80)."""
+        return cls(min_width=math.ceil(min_height * 50 / 80), min_height=min_height)
 
     def accepts(self, face: Face) -> bool:
         x1, y1, x2, y2 = face.box.astype(np.int64)
