@@ -52,7 +52,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .audio.chunks import fps_fraction
 from .audio.mel import as_waveform
 from .audio.syncnet_mel import AudioHParams, mel_window_length, syncnet_melspectrogram
 from .errors import ConfigError, MediaError, NoFaceError
@@ -61,6 +60,7 @@ from .face.detectors import FaceDetector, create_face_detector
 from .face.tracking import FaceTracker
 from .files import atomic_write
 from .media import VideoReader, load_audio
+from .media.timeline import parse_fps
 from .models.syncnet import StableSyncNet, pack_frames, sync_distance
 from .models.syncnet_configs import DEFAULT_SYNCNET_CONFIG, get_syncnet_config
 
@@ -462,7 +462,7 @@ def frames_at_score_fps(frames: Iterable[np.ndarray], fps: Fraction | int) -> It
     Output frame ``i`` (at ``i / 25`` s) is the source frame on screen then, ``floor(i * fps / 25)``; outputs go on
     while that frame exists, so the clip keeps its duration. Source frames are yielded as they are, not copied.
     """
-    ratio = fps_fraction(fps) / SCORE_FPS
+    ratio = parse_fps(fps) / SCORE_FPS
     index = 0
     for source_index, frame in enumerate(frames):
         while math.floor(index * ratio) == source_index:
@@ -514,7 +514,7 @@ def score_frames(
         raise ConfigError(f"detector must be a FaceDetector or a detector name, got {type(detector).__name__}.")
     tracker = FaceTracker(detector, face_index=face_index, detect_size=detect_size)
     aligner = FaceAligner(spec.resolution)
-    total = math.ceil(len(frames) * SCORE_FPS / Fraction(fps)) if isinstance(frames, Sized) else 0
+    total = math.ceil(len(frames) * SCORE_FPS / parse_fps(fps)) if isinstance(frames, Sized) else 0
 
     # 2. audio: all its mel windows (small), so the window range is known before any frame is seen
     audio = FrameAlignedMel(audio)

@@ -111,6 +111,11 @@ def generation_inputs() -> list[io.Input]:
     ]
 
 
+def landmark_filter_input() -> io.Input:
+    """Optional, so graphs saved before it existed still run (with the filter on, the default)."""
+    return setting_input("landmark_filter", optional=True)
+
+
 def policy_inputs() -> list[io.Input]:
     return [setting_input("long_audio"), setting_input("short_audio"), setting_input("no_face")]
 

@@ -20,8 +20,8 @@ import av
 import numpy as np
 import torch
 
-from ..latentsync.audio.chunks import fps_fraction
-from ..latentsync.errors import ConfigError, LatentSyncError, MediaError
+from ..latentsync.errors import ConfigError, MediaError
+from ..latentsync.media.timeline import parse_fps
 from ..latentsync.media.audio import MODEL_SAMPLE_RATE
 from ..latentsync.media.writer import DEFAULT_LAYOUTS, AudioArray
 from ..latentsync.pipeline.settings import SETTING_SPECS
@@ -151,10 +151,7 @@ def as_fps(value) -> Fraction:
     Raises:
         ConfigError: not a number, or outside `MIN_FPS` .. `MAX_FPS`.
     """
-    try:
-        fps = fps_fraction(value)
-    except (LatentSyncError, TypeError, ValueError, OverflowError) as error:
-        raise ConfigError(f"fps must be a positive number such as 25 or 29.97, got {value!r}.") from error
+    fps = parse_fps(value)
     if not MIN_FPS <= fps <= MAX_FPS:
         raise ConfigError(f"fps must be between {MIN_FPS} and {MAX_FPS}, got {float(fps):g}.")
     return fps

@@ -13,7 +13,17 @@ from comfy_api.latest import io
 
 from ..latentsync.face.detectors import FaceDetector
 from ..latentsync.pipeline.faces import FacePreparer
-from .common import AUDIO_EMBEDS, AUDIO_ENCODER, CATEGORY, FACE_DETECTOR, FACES, MODEL, check_cancel, setting_input
+from .common import (
+    AUDIO_EMBEDS,
+    AUDIO_ENCODER,
+    CATEGORY,
+    FACE_DETECTOR,
+    FACES,
+    MODEL,
+    check_cancel,
+    landmark_filter_input,
+    setting_input,
+)
 from .convert import MAX_FPS, MIN_FPS, Uint8Frames, as_fps, frames_to_images, model_waveform
 from .data import AudioEmbeds, LatentSyncModel, PreparedFaces, face_index_setting, padded_length
 
@@ -85,6 +95,7 @@ class LatentSyncFacePrepare(io.ComfyNode):
                     tooltip="Which face to lip-sync: -1 = the largest face in each frame (the reference's rule); "
                     "0, 1, ... = the k-th largest face when it first appears, then followed as it moves.",
                 ),
+                landmark_filter_input(),
             ],
             outputs=[
                 FACES.Output(
@@ -99,10 +110,14 @@ class LatentSyncFacePrepare(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, face_detector: FaceDetector, images, model: LatentSyncModel, fps, face_index) -> io.NodeOutput:
+    def execute(
+        cls, face_detector: FaceDetector, images, model: LatentSyncModel, fps, face_index, landmark_filter=True
+    ) -> io.NodeOutput:
         frames = Uint8Frames(images)
         num_frames, height, width = images.shape[:3]
-        preparer = FacePreparer(face_detector, model.resolution, face_index_setting(face_index), as_fps(fps))
+        preparer = FacePreparer(
+            face_detector, model.resolution, face_index_setting(face_index), as_fps(fps), landmark_filter
+        )
         bar = ProgressBar(num_frames)
 
         def on_frame(count: int) -> None:

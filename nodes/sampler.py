@@ -46,6 +46,7 @@ from .common import (
     SPEED,
     SamplingProgress,
     generation_inputs,
+    landmark_filter_input,
     model_file_problem,
     model_files,
     policy_inputs,
@@ -271,6 +272,7 @@ class LatentSyncVideoSampler(io.ComfyNode):
                 setting_input(
                     "face_index", tooltip="-1: the largest face in each frame; k: the k-th largest, followed."
                 ),
+                landmark_filter_input(),
                 *policy_inputs(),
                 io.Audio.Input("audio", optional=True, tooltip=AUDIO_TOOLTIP),
                 speed_input(),
@@ -329,6 +331,7 @@ class LatentSyncLipSync(io.ComfyNode):
                 setting_input(
                     "face_index", tooltip="-1: the largest face in each frame; k: the k-th largest, followed."
                 ),
+                landmark_filter_input(),
                 *policy_inputs(),
                 io.Audio.Input("audio", optional=True, tooltip=AUDIO_TOOLTIP),
                 speed_input(),

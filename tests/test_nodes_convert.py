@@ -129,7 +129,7 @@ def test_float_fps_becomes_the_exact_rate(value, expected):
     assert convert.as_fps(value) == expected
 
 
-@pytest.mark.parametrize("value", [0, -25, 0.5, 1000, "fast", None])
+@pytest.mark.parametrize("value", [0, -25, 0.5, 1000, "fast", None, float("nan"), float("inf")])
 def test_bad_fps_is_refused(value):
     with pytest.raises(errors.ConfigError, match="fps"):
         convert.as_fps(value)

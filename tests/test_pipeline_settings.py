@@ -152,21 +152,79 @@ def test_cli_refuses_out_of_bounds_numbers(capsys):
         _parse("--video", "v.mp4", "--output", "o.mp4", "--steps", "0")
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
-    assert "--steps" in error and "outside 1..100" in error
+    assert "--steps" in error and "between 1 and 100" in error
+
+
+@pytest.mark.parametrize(
+    "option, value",
+    [("--guidance", "nan"), ("--guidance", "inf"), ("--guidance", "-inf"), ("--output-fps", "nan"),
+     ("--output-fps", "inf"), ("--seed", "nan"), ("--face-index", "nan")],
+)  # fmt: skip
+def test_cli_refuses_nan_and_infinity(capsys, option, value):
+    with pytest.raises(SystemExit) as exit_info:
+        _parse("--video", "v.mp4", "--output", "o.mp4", option, value)
+    assert exit_info.value.code == 2
+    assert option in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["guidance_scale", "num_inference_steps", "seed", "num_frames", "output_fps"])
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_settings_refuse_nan_and_infinity(name, value):
+    with pytest.raises(ConfigError, match=name):
+        LipSyncSettings(**{name: value})
+
+
+def test_speed_and_training_settings_refuse_nan():
+    from latentsync.pipeline.speed import SpeedSettings, parse_switches
+    from train.config import load_config
+
+    with pytest.raises(ConfigError, match="window_batch"):
+        SpeedSettings(window_batch=math.nan)
+    with pytest.raises(ConfigError, match="vae_batch"):
+        parse_switches("vae_batch=nan")
+    for override in ("optimizer.lr=.nan", "run.sync_loss_weight=.nan", "validation.guidance_scale=.inf"):
+        with pytest.raises(ConfigError, match=override.split("=")[0]):
+            load_config("stage2", "tiny_stage2", [override])
+
+
+def test_one_fps_parser_everywhere():
+    from latentsync.audio.chunks import centre_rows
+    from latentsync.media.timeline import parse_fps, plan_timeline
+
+    # floats to the nearest simple fraction, text exactly, the same wherever a frame rate enters
+    assert parse_fps(30000 / 1001) == Fraction(30000, 1001) == parse_fps("30000/1001")
+    assert parse_fps(29.97) == Fraction(2997, 100) == parse_fps("29.97")
+    assert LipSyncSettings(output_fps=30000 / 1001).output_fps == Fraction(30000, 1001)
+    assert plan_timeline(100, 4, 30000 / 1001).fps == Fraction(30000, 1001)
+    assert list(centre_rows([0, 1000], 30000 / 1001)) == list(centre_rows([0, 1000], Fraction(30000, 1001)))
+    for bad in ("nan", math.nan, math.inf, 0, -25, "fast", "1/0"):
+        with pytest.raises(ConfigError, match="fps"):
+            parse_fps(bad)
 
 
 def test_cli_options_become_settings():
-    from latentsync._cli.lipsync import settings_from_args
+    from latentsync._cli.options import settings_from_options
 
     args = _parse("--video", "v.mp4", "--output", "o.mp4", "--face-index", "1", "--output-fps", "30000/1001")
-    settings = settings_from_args(args)
+    settings = settings_from_options(args, LipSyncSettings)
     assert settings == DEFAULT_SETTINGS.replace(face_index=1, output_fps=Fraction(30000, 1001))
-    assert settings_from_args(_parse("--video", "v", "--output", "o", "--resolution", "512")).resolution == 512
+    args = _parse("--video", "v", "--output", "o", "--resolution", "512", "--no-landmark-filter", "--steps", "3")
+    assert settings_from_options(args, LipSyncSettings) == DEFAULT_SETTINGS.replace(
+        resolution=512, landmark_filter=False, num_inference_steps=3
+    )
 
 
-def test_cli_help_shows_the_defaults_and_bounds(capsys):
+def test_every_setting_is_a_cli_option_with_its_default_in_the_help(capsys):
     with pytest.raises(SystemExit):
         _parse("--help")
-    text = capsys.readouterr().out
-    for expected in ("default 20", "1..100", "default 1.5", "pingpong", "--output-fps", "--no-face", "2^64-1"):
+    text = " ".join(capsys.readouterr().out.split())
+    for name, spec in SETTING_SPECS.items():
+        assert spec.option(name) in text
+    for expected in ("default 20", "between 1 and 100", "default 1.5", "default pingpong", "2^64-1", "default on"):
         assert expected in text
+    # every option's help states its default
+    options = [chunk.split()[0] for chunk in text.split(" --")[1:]]
+    helps = text.split("options: ")[1]
+    for option in ("--device", "--speed", "--detector-models", "--threads", "--deepcache", "--output-fps"):
+        assert option[2:] in options
+        assert "default" in helps.split(option + " ", 1)[1].split(" --", 1)[0], option

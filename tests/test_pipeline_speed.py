@@ -163,7 +163,7 @@ def test_speed_option_of_the_command_line():
 
 @pytest.mark.parametrize(
     "text, message",
-    [("warp=9", "unknown speed switch 'warp=9'"), ("vae_batch=0", "vae_batch must be between 1 and 64")],
+    [("warp=9", "unknown speed switch 'warp=9'"), ("vae_batch=0", "vae_batch must be 'none' or a whole number between 1 and 64")],
 )
 def test_bad_speed_option_is_a_usage_error(capsys, text, message):
     with pytest.raises(SystemExit) as exit_info:

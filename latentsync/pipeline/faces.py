@@ -43,6 +43,8 @@ class FacePreparer:
         resolution: side of the aligned face (256 or 512).
         face_index: ``"largest"`` or the k-th largest face, followed from its first appearance (`FaceTracker`).
         fps: frame rate of the frames fed, which sets the time step of the tracker's point smoothing.
+        landmark_filter: smooth the tracked points with a `OneEuroFilter` (``False``: the detector's raw points,
+            as the official pipeline; the aligner's affine smoothing stays on either way).
     """
 
     def __init__(
@@ -51,8 +53,10 @@ class FacePreparer:
         resolution: int = DEFAULT_RESOLUTION,
         face_index="largest",
         fps: Fraction | float = MODEL_FPS,
+        landmark_filter: bool = True,
     ):
-        self.tracker = FaceTracker(detector, face_index=face_index, smoothing=OneEuroFilter(fps=float(fps)))
+        smoothing = OneEuroFilter(fps=float(fps)) if landmark_filter else False
+        self.tracker = FaceTracker(detector, face_index=face_index, smoothing=smoothing)
         self.aligner = FaceAligner(resolution, smooth=True)
 
     def prepare(

@@ -33,7 +33,7 @@ from ..face.detectors import FaceDetector, create_face_detector
 from ..face.mask import VAE_SCALE_FACTOR, MouthMask
 from ..face.restore import paste_back
 from ..media.audio import MODEL_SAMPLE_RATE, load_audio
-from ..media.timeline import Timeline, plan_timeline
+from ..media.timeline import Timeline, parse_fps, plan_timeline
 from ..media.video import SourceFrameCursor, VideoReader
 from ..media.writer import OUTPUT_CRF, AudioFile, VideoWriter
 from ..models.vae import LatentCodec, decode_in_batches, encode_in_batches
@@ -130,7 +130,9 @@ class LipSyncPipeline:
 
     def face_preparer(self, fps: Fraction | float = MODEL_FPS) -> FacePreparer:
         """A fresh `FacePreparer` (tracker and smoothing state) for one clip at ``fps``."""
-        return FacePreparer(self.detector, self.resolution, self.settings.face_index, fps)
+        return FacePreparer(
+            self.detector, self.resolution, self.settings.face_index, fps, self.settings.landmark_filter
+        )
 
     def generator(self) -> torch.Generator:
         """The CPU generator of one video, seeded with ``settings.seed``."""
@@ -275,7 +277,7 @@ class LipSyncPipeline:
             Cancelled: ``cancel()`` turned True.
         """
         clock = clock or StageClock()
-        stream = SyncStream(self, features, Fraction(fps), progress, cancel, clock, report or LipSyncReport())
+        stream = SyncStream(self, features, parse_fps(fps), progress, cancel, clock, report or LipSyncReport())
         preparer = preparer if preparer is not None else self.face_preparer(fps)
         for frame, face in replay_faces(preparer, frames, clock):
             yield from stream.push(frame, face)

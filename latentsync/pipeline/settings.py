@@ -1,19 +1,22 @@
-"""The one table of lip-sync settings: defaults, bounds and help text.
+"""The one table of lip-sync settings: defaults, bounds and help text, and `SettingSpec`, the one validation.
 
-`LipSyncSettings` is what `LipSyncPipeline` runs with. The command line and the ComfyUI nodes build their options
-from `SETTING_SPECS` (``minimum`` / ``maximum`` / ``choices`` / ``help`` of every field), so a default or a bound is
-written once, here::
+`LipSyncSettings` is what `LipSyncPipeline` runs with. The command line generates its options from the specs
+(``latentsync._cli.options``) and the ComfyUI nodes build their inputs from `SETTING_SPECS` (``minimum`` /
+``maximum`` / ``choices`` / ``help`` of every field), so a default or a bound is written once, here::
 
     spec = SETTING_SPECS["guidance_scale"]      # SettingSpec(help=..., minimum=1.0, maximum=5.0, step=0.1)
     settings = LipSyncSettings(guidance_scale=2.0, long_audio="loop")
     settings.replace(seed=7)
 
-Values are checked when a settings object is made; a bad one raises `ConfigError` naming the field and its bounds.
+Values are checked when a settings object is made; a bad one (NaN included) raises `ConfigError` naming the field
+and its bounds. `latentsync.pipeline.speed.SpeedSettings` and the training config (``train.config``) are checked by
+the same `SettingSpec.check`. A new setting is one field here: the command line and `--help` pick it up.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -22,7 +25,7 @@ import torch
 from ..errors import ConfigError
 from ..face.align import SUPPORTED_RESOLUTIONS
 from ..face.detectors import DEFAULT_FACE_DETECTOR, FACE_DETECTORS
-from ..media.timeline import LONG_AUDIO_POLICIES, SHORT_AUDIO_POLICIES
+from ..media.timeline import LONG_AUDIO_POLICIES, SHORT_AUDIO_POLICIES, parse_fps
 
 # The LatentSync models were trained on 25 fps clips; the pipeline resamples every video to this rate by timestamp.
 MODEL_FPS = Fraction(25)
@@ -34,21 +37,132 @@ AUTO = "auto"
 MAX_SEED = 2**64 - 1
 
 
+_TRUE_WORDS, _FALSE_WORDS = ("true", "1", "on", "yes"), ("false", "0", "off", "no")
+
+
 @dataclass(frozen=True)
 class SettingSpec:
-    """Bounds and help of one setting. ``minimum`` / ``maximum`` are inclusive; ``choices`` lists the allowed values
-    of a text setting (a setting may have both: ``face_index`` is ``"largest"`` or an integer >= 0)."""
+    """Kind, bounds and help of one setting, and how the command line spells it.
+
+    ``minimum`` / ``maximum`` are inclusive; ``choices`` lists the allowed values of a text or numbered setting (a
+    setting may have both: ``face_index`` is ``"largest"`` or an integer >= 0). `check` is the one validation of
+    every settings table (`LipSyncSettings`, `latentsync.pipeline.speed.SpeedSettings`, the training config) and
+    `parse` the one reader of command-line text; ``latentsync._cli.options`` makes an option of each spec.
+    """
 
     help: str
+    kind: type = str  # int, float, bool, str or Fraction (a frame rate)
     minimum: float | None = None
     maximum: float | None = None
     step: float | None = None
     choices: tuple | None = None
     optional: bool = False  # ``None`` is allowed (it means "automatic")
+    none_word: str = AUTO  # how the command line writes ``None``
+    flag: str | None = None  # command-line option (default: ``--`` + the field name with dashes)
+    group: str = "settings"  # command-line help group
+
+    def check(self, name: str, value) -> None:
+        """Raise `ConfigError` (naming ``name`` and the allowed values) unless ``value`` fits this spec. NaN and
+        infinities are refused wherever a number is expected."""
+        if value is None:
+            if not self.optional:
+                raise ConfigError(f"{name} must be set")
+            return
+        if self.kind is bool:
+            if not isinstance(value, bool):
+                raise ConfigError(f"{name} must be true or false, got {value!r}")
+            return
+        if isinstance(value, str):
+            if (self.choices is not None and value in self.choices) or self.kind is str and self.choices is None:
+                return
+            raise ConfigError(f"{name} must be {self.describe_values()}, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float, Fraction)):
+            raise ConfigError(f"{name} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{name} must be a finite number ({self.describe_values()}), got {value}")
+        if self.kind is int and value != int(value):
+            raise ConfigError(f"{name} must be a whole number, got {value!r}")
+        if self.minimum is None:
+            if self.choices is not None and value not in self.choices:
+                raise ConfigError(f"{name} must be one of {self.choices}, got {value!r}")
+            return
+        if value < self.minimum or (self.maximum is not None and value > self.maximum):
+            raise ConfigError(f"{name} must be {self.describe_values()}, got {value}")
+
+    def parse(self, name: str, text: str):
+        """The value command-line ``text`` stands for, checked (``none_word`` is None).
+
+        Raises:
+            ConfigError: text that is not a value of this setting.
+        """
+        text = text.strip()
+        if self.optional and text == self.none_word:
+            return None
+        if self.choices is not None and text in map(str, self.choices):
+            return next(choice for choice in self.choices if str(choice) == text)
+        if self.kind is bool:
+            if text.lower() not in (*_TRUE_WORDS, *_FALSE_WORDS):
+                raise ConfigError(f"{name} must be true or false, got {text!r}")
+            return text.lower() in _TRUE_WORDS
+        if self.kind is Fraction:
+            value = parse_fps(text, name)
+        elif self.kind in (int, float):
+            try:
+                value = self.kind(text)
+            except ValueError:
+                raise ConfigError(f"{name} must be {self.describe_values()}, got {text!r}") from None
+        else:
+            value = text
+        self.check(name, value)
+        return value
+
+    def describe_values(self) -> str:
+        """The allowed values in words: ``"between 1 and 100"``, ``"'largest' or a whole number >= 0"``."""
+        words = [repr(choice) if isinstance(choice, str) else str(choice) for choice in self.choices or ()]
+        if self.optional:
+            words.insert(0, repr(self.none_word))
+        number = "a whole number" if self.kind is int else "a number"
+        if self.kind is Fraction:
+            pass
+        elif self.minimum is not None and self.maximum is not None:
+            words.append(f"{number} between {_bound(self.minimum)} and {_bound(self.maximum)}")
+        elif self.minimum is not None:
+            words.append(f"{number} >= {_bound(self.minimum)}")
+        if self.kind is bool:
+            words.append("true or false")
+        elif self.kind is Fraction:
+            bounds = f" ({self.minimum:g} to {self.maximum:g})" if None not in (self.minimum, self.maximum) else ""
+            words.append("a frame rate such as 25 or 30000/1001" + bounds)
+        elif self.kind is str and self.choices is None:
+            words.append("a name")
+        if len(words) <= 2:
+            return " or ".join(words)
+        return "one of " + ", ".join(words[:-1]) + " or " + words[-1]
+
+    def option(self, name: str) -> str:
+        """The command-line option of field ``name``: ``flag``, or ``--`` + ``name`` with dashes."""
+        return self.flag or "--" + name.replace("_", "-")
 
 
-def _setting(default, help: str, **bounds):
-    return field(default=default, metadata={"spec": SettingSpec(help, **bounds)})
+def _bound(value) -> str:
+    return "2^64-1" if value == MAX_SEED else f"{value:g}"
+
+
+def setting_field(default, help: str, kind: type | None = None, **spec):
+    """A dataclass field whose metadata holds its `SettingSpec` (``kind`` defaults to the default's type)."""
+    kind = kind or type(default)
+    return field(default=default, metadata={"spec": SettingSpec(help, kind, **spec)})
+
+
+def setting_specs(settings_class) -> dict[str, SettingSpec]:
+    """``{field name: SettingSpec}`` of a settings dataclass, in field order."""
+    return {item.name: item.metadata["spec"] for item in dataclasses.fields(settings_class)}
+
+
+def check_settings(settings) -> None:
+    """Check every field of a settings dataclass instance against its spec (for ``__post_init__``)."""
+    for name, spec in setting_specs(type(settings)).items():
+        spec.check(name, getattr(settings, name))
 
 
 @dataclass(frozen=True)
@@ -66,6 +180,10 @@ class LipSyncSettings:
         face_detector: name of a detector in `latentsync.face.detectors.FACE_DETECTORS`.
         face_index: ``"largest"`` (the reference's rule) or the k-th largest face, then followed by overlap.
         no_face: ``"passthrough"`` keeps frames without a face unchanged, ``"error"`` stops at the first one.
+        landmark_filter: smooth the detected landmarks with a One-Euro filter (`latentsync.face.tracking`) before
+            alignment. On by default: it steadies the face box between frames, so the pasted mouth jitters less.
+            The official pipeline has no such filter (only the aligner's affine smoothing, which stays on either
+            way); ``False`` aligns the detector's raw points, as it does.
         long_audio: when the audio outlasts the video: ``"pingpong"``, ``"loop"`` or ``"hold"`` the video.
         short_audio: when the video outlasts the audio: ``"trim"`` the video, or ``"pad"`` the audio with silence.
         output_fps: frame rate of the written video; ``None`` keeps the source's (average) rate.
@@ -74,86 +192,70 @@ class LipSyncSettings:
             ``"float32"``, ``"float16"`` or ``"bfloat16"``.
     """
 
-    resolution: int | None = _setting(
-        None, "face resolution: 256 for LatentSync 1.5, 512 for 1.6 (auto: from the checkpoint)",
-        choices=SUPPORTED_RESOLUTIONS, optional=True,
+    resolution: int | None = setting_field(
+        None, "face resolution: 256 for LatentSync 1.5, 512 for 1.6 (auto: from a sidecar latentsync_unet.json or "
+        "the checkpoint's path, else 256)",
+        int, choices=SUPPORTED_RESOLUTIONS, optional=True, group="generation",
     )  # fmt: skip
-    num_inference_steps: int = _setting(20, "DDIM denoising steps", minimum=1, maximum=100, step=1)
-    guidance_scale: float = _setting(
-        1.5, "audio guidance scale (1.0 = off, twice as fast)", minimum=1.0, maximum=5.0, step=0.1
+    num_inference_steps: int = setting_field(
+        20, "DDIM denoising steps", minimum=1, maximum=100, step=1, flag="--steps", group="generation"
     )
-    seed: int = _setting(1247, "seed of the initial noise and the VAE samples", minimum=0, maximum=MAX_SEED, step=1)
-    num_frames: int = _setting(
-        16, "frames denoised together (the motion modules see this many)", minimum=5, maximum=24, step=1
+    guidance_scale: float = setting_field(
+        1.5, "audio guidance scale (1.0 = off, twice as fast)", minimum=1.0, maximum=5.0, step=0.1,
+        flag="--guidance", group="generation",
+    )  # fmt: skip
+    seed: int = setting_field(
+        1247, "seed of the initial noise and the VAE samples", minimum=0, maximum=MAX_SEED, step=1, group="generation"
     )
-    face_detector: str = _setting(DEFAULT_FACE_DETECTOR, "face detector", choices=tuple(FACE_DETECTORS))
-    face_index: str | int = _setting(
+    num_frames: int = setting_field(
+        16, "frames denoised together (the motion modules see this many)", minimum=5, maximum=24, step=1,
+        group="generation",
+    )  # fmt: skip
+    device: str = setting_field(AUTO, "torch device: auto (CUDA if available), cpu, cuda, cuda:1, ...", group="generation")
+    dtype: str = setting_field(
+        AUTO, "model precision (auto: float16 on recent GPUs, else float32)", choices=(AUTO, *DTYPES),
+        group="generation",
+    )  # fmt: skip
+    face_detector: str = setting_field(
+        DEFAULT_FACE_DETECTOR, "face detector", choices=tuple(FACE_DETECTORS), group="faces"
+    )
+    face_index: str | int = setting_field(
         LARGEST_FACE, "'largest', or k to follow the k-th largest face (0 = largest) from its first appearance",
-        choices=(LARGEST_FACE,), minimum=0, step=1,
+        int, choices=(LARGEST_FACE,), minimum=0, step=1, group="faces",
     )  # fmt: skip
-    no_face: str = _setting(
-        "passthrough", "frames without a face: keep them unchanged, or stop with an error", choices=NO_FACE_POLICIES
-    )
-    long_audio: str = _setting(
+    no_face: str = setting_field(
+        "passthrough", "frames without a face: keep them unchanged, or stop with an error", choices=NO_FACE_POLICIES,
+        group="faces",
+    )  # fmt: skip
+    landmark_filter: bool = setting_field(
+        True, "smooth the detected landmarks over time with a One-Euro filter (steadier faces); off = the official "
+        "pipeline's raw landmarks, for runs exactly like it",
+        group="faces",
+    )  # fmt: skip
+    long_audio: str = setting_field(
         "pingpong", "audio longer than the video: play the video back and forth, loop it, or hold its last frame",
-        choices=LONG_AUDIO_POLICIES,
+        choices=LONG_AUDIO_POLICIES, group="length and frame rate",
     )  # fmt: skip
-    short_audio: str = _setting(
+    short_audio: str = setting_field(
         "trim", "audio shorter than the video: cut the video, or keep it and pad the audio with silence",
-        choices=SHORT_AUDIO_POLICIES,
+        choices=SHORT_AUDIO_POLICIES, group="length and frame rate",
     )  # fmt: skip
-    output_fps: Fraction | None = _setting(
-        None, "frame rate of the output (default: the source's)", minimum=1, maximum=240, optional=True
-    )
-    device: str = _setting(AUTO, "torch device: auto (CUDA if available), cpu, cuda, cuda:1, ...")
-    dtype: str = _setting(AUTO, "model precision (auto: float16 on recent GPUs, else float32)", choices=(AUTO, *DTYPES))
+    output_fps: Fraction | None = setting_field(
+        None, "frame rate of the output, e.g. 25 or 30000/1001 (source: the source's; the model always runs at 25)",
+        Fraction, minimum=1, maximum=240, optional=True, none_word="source", group="length and frame rate",
+    )  # fmt: skip
 
     def __post_init__(self):
         if self.output_fps is not None and not isinstance(self.output_fps, Fraction):
-            object.__setattr__(self, "output_fps", _as_fps(self.output_fps))
-        for item in dataclasses.fields(self):
-            _check(item.name, getattr(self, item.name), item.metadata["spec"])
+            object.__setattr__(self, "output_fps", parse_fps(self.output_fps, "output_fps"))
+        check_settings(self)
 
     def replace(self, **changes) -> LipSyncSettings:
         """A copy with some fields changed (checked again)."""
         return dataclasses.replace(self, **changes)
 
 
-def _as_fps(value) -> Fraction:
-    """``30``, ``29.97``, ``"30000/1001"`` or a `Fraction` as an exact frame rate."""
-    try:
-        return Fraction(value).limit_denominator(1001) if isinstance(value, float) else Fraction(value)
-    except (TypeError, ValueError, ZeroDivisionError) as error:
-        raise ConfigError(f"output_fps must be a number such as 25 or 30000/1001, got {value!r}") from error
-
-
-def _check(name: str, value, spec: SettingSpec) -> None:
-    if value is None:
-        if not spec.optional:
-            raise ConfigError(f"{name} must be set")
-        return
-    if isinstance(value, str):
-        if spec.choices is not None and value in spec.choices:
-            return
-        if spec.choices is None and spec.minimum is None:  # free text (device)
-            return
-        raise ConfigError(f"{name} must be one of {spec.choices}, got {value!r}")
-    if isinstance(value, bool) or not isinstance(value, (int, float, Fraction)):
-        raise ConfigError(f"{name} must be a number, got {value!r}")
-    if spec.minimum is None:
-        if spec.choices is not None and value not in spec.choices:
-            raise ConfigError(f"{name} must be one of {spec.choices}, got {value!r}")
-        return
-    if spec.step == 1 and value != int(value):
-        raise ConfigError(f"{name} must be a whole number, got {value!r}")
-    if value < spec.minimum or (spec.maximum is not None and value > spec.maximum):
-        upper = "" if spec.maximum is None else f" and {spec.maximum}"
-        raise ConfigError(f"{name} must be between {spec.minimum}{upper}, got {value}")
-
-
-SETTING_SPECS: dict[str, SettingSpec] = {
-    item.name: item.metadata["spec"] for item in dataclasses.fields(LipSyncSettings)
-}
+SETTING_SPECS: dict[str, SettingSpec] = setting_specs(LipSyncSettings)
 DEFAULT_SETTINGS = LipSyncSettings()
 
 

@@ -20,7 +20,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TypeVar
 
 import torch
@@ -31,13 +31,9 @@ from ..face.detectors import Face, FaceDetector
 from ..models.unet_blocks import UNetBlock3D
 from .ddim import sample_ddim
 from .deepcache import OFFICIAL_CACHE_BRANCH, DeepCacheUNet
-from .settings import SettingSpec
+from .settings import SettingSpec, check_settings, setting_field, setting_specs
 
 T = TypeVar("T")
-
-
-def _switch(default, help: str, **bounds):
-    return field(default=default, metadata={"spec": SettingSpec(help, **bounds)})
 
 
 @dataclass(frozen=True)
@@ -74,32 +70,31 @@ class SpeedSettings:
             by default. On the CPU, 20 steps: the waits for decode and encode fell from 5.4 to 0.2 ms per frame.
     """
 
-    deepcache_interval: int = _switch(
+    deepcache_interval: int = setting_field(
         1, "DeepCache: full UNet every N steps, shallow layers in between (1 = off, exact; official 3)",
         minimum=1, maximum=10, step=1,
     )  # fmt: skip
-    deepcache_branch: int = _switch(
+    deepcache_branch: int = setting_field(
         OFFICIAL_CACHE_BRANCH, "DeepCache skip branch the cached steps recompute from (0 = fastest)",
         minimum=0, maximum=11, step=1,
     )  # fmt: skip
-    compile: bool = _switch(False, "torch.compile the UNet layers (slow first window; for CUDA GPUs)")
-    cfg_batch: bool = _switch(True, "guidance: conditional and zero-audio passes in one UNet batch (exact)")
-    vae_batch: int | None = _switch(
+    compile: bool = setting_field(False, "torch.compile the UNet layers (slow first window; for CUDA GPUs)")
+    cfg_batch: bool = setting_field(True, "guidance: conditional and zero-audio passes in one UNet batch (exact)")
+    vae_batch: int | None = setting_field(
         None, "images per VAE call (exact at any value; None = 1 on the CPU, 8 on GPUs)",
-        minimum=1, maximum=64, step=1, optional=True,
+        int, minimum=1, maximum=64, step=1, optional=True, none_word="none",
     )  # fmt: skip
-    window_batch: int = _switch(
+    window_batch: int = setting_field(
         1, "windows denoised together in one UNet batch (GPU throughput)", minimum=1, maximum=16, step=1
     )
-    detect_size: int | None = _switch(
+    detect_size: int | None = setting_field(
         None, "detect faces on frames shrunk to this longer side (None = full size)",
-        minimum=64, maximum=4096, step=1, optional=True,
+        int, minimum=64, maximum=4096, step=1, optional=True, none_word="none",
     )  # fmt: skip
-    io_overlap: bool = _switch(True, "decode and encode video in background threads (exact)")
+    io_overlap: bool = setting_field(True, "decode and encode video in background threads (exact)")
 
     def __post_init__(self):
-        for item in dataclasses.fields(self):
-            _check(item.name, getattr(self, item.name), item.metadata["spec"], item.default)
+        check_settings(self)
         if not self.cfg_batch and self.deepcache_interval > 1:
             raise ConfigError(
                 "cfg_batch=false cannot be combined with DeepCache: DeepCache counts one UNet call per denoising "
@@ -122,20 +117,7 @@ class SpeedSettings:
         return self.deepcache_interval == 1 and self.detect_size is None
 
 
-def _check(name: str, value, spec: SettingSpec, default) -> None:
-    if value is None and spec.optional:
-        return
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise ConfigError(f"{name} must be true or false, got {value!r}")
-        return
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{name} must be a whole number, got {value!r}")
-    if not spec.minimum <= value <= spec.maximum:
-        raise ConfigError(f"{name} must be between {spec.minimum} and {spec.maximum}, got {value}")
-
-
-SPEED_SPECS: dict[str, SettingSpec] = {item.name: item.metadata["spec"] for item in dataclasses.fields(SpeedSettings)}
+SPEED_SPECS: dict[str, SettingSpec] = setting_specs(SpeedSettings)
 EXACT = SpeedSettings()
 # The switches of the official `inference.sh`: DeepCache interval 3, branch 0.
 OFFICIAL = SpeedSettings(deepcache_interval=3)
@@ -150,23 +132,12 @@ def parse_switches(text: str) -> dict:
     switches = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         name, separator, value = item.partition("=")
-        name, value = name.strip(), value.strip()
+        name = name.strip()
         if not separator or name not in SPEED_SPECS:
             raise ConfigError(
                 f"unknown speed switch {item!r}; use NAME=VALUE with NAME one of {', '.join(SPEED_SPECS)}"
             )
-        default = getattr(EXACT, name)
-        if isinstance(default, bool):
-            if value.lower() not in ("true", "false", "1", "0", "on", "off"):
-                raise ConfigError(f"{name} must be true or false, got {value!r}")
-            switches[name] = value.lower() in ("true", "1", "on")
-        elif value.lower() in ("none", "off") and SPEED_SPECS[name].optional:
-            switches[name] = None
-        else:
-            try:
-                switches[name] = int(value)
-            except ValueError:
-                raise ConfigError(f"{name} must be a whole number, got {value!r}") from None
+        switches[name] = SPEED_SPECS[name].parse(name, value)
     return switches
 
 
