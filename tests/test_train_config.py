@@ -101,6 +101,56 @@ def test_print_command_for_multi_node():
     )
 
 
+@pytest.mark.parametrize("deepspeed", ["", "zero2", "zero2_offload"])
+def test_warmup_lasts_the_configured_optimizer_steps_with_n_processes(deepspeed):
+    """With 4 processes, the warm-up ends after 8 optimizer steps whoever steps the scheduler: accelerate steps its
+    schedulers once per process (4 calls per optimizer step), the DeepSpeed engine that owns the optimizer of
+    ``zero2_offload`` once per optimizer step."""
+    from train.runtime import create_lr_scheduler, deepspeed_owns_optimizer
+
+    processes, warmup = 4, 8
+    overrides = ["optimizer.lr_scheduler=constant_with_warmup", f"optimizer.lr_warmup_steps={warmup}",
+                 "optimizer.lr=1.0", f"run.deepspeed={deepspeed}"]  # fmt: skip
+    config = load_config("stage2", "tiny_stage2", overrides)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = create_lr_scheduler(config, optimizer, processes)
+    owned = deepspeed_owns_optimizer(config)
+    assert owned == (deepspeed == "zero2_offload")
+    if owned:  # what accelerate hands the DeepSpeed engine, which steps it at each optimizer step
+        scheduler = scheduler.lr_scheduler_callable(optimizer)
+    calls_per_optimizer_step = 1 if owned else processes
+    rates = []
+    for _ in range(warmup + 2):
+        rates.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        for _ in range(calls_per_optimizer_step):
+            scheduler.step()
+    assert rates[:3] == pytest.approx([0.0, 1 / warmup, 2 / warmup])
+    assert rates[warmup - 1] < 1.0 and rates[warmup:] == [1.0, 1.0]
+
+
+def test_train_runs_from_any_folder_once_installed(tmp_path):
+    """``pip install`` puts the configs and DeepSpeed presets beside the code (package data); ``python -m train``
+    finds them from another folder, without the checkout on the path."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repository = Path(__file__).resolve().parents[1]
+    target = tmp_path / "site"
+    install = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+               "--target", str(target), str(repository)]  # fmt: skip
+    subprocess.run(install, check=True, capture_output=True, timeout=600)
+    folder = tmp_path / "elsewhere"
+    folder.mkdir()
+    command = [sys.executable, "-m", "train", "stage2", "--config", "tiny_stage2", "--num-processes", "2",
+               "--deepspeed", "zero2_offload", "--print-command"]  # fmt: skip
+    environment = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(target)}
+    result = subprocess.run(command, cwd=folder, env=environment, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"--deepspeed_config_file {target / 'train' / 'deepspeed' / 'zero2_offload.json'}" in result.stdout
+
+
 def test_mixed_noise_statistics():
     torch.manual_seed(0)
     latents = torch.zeros(64, 4, 8, 8, 8)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import os
+from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -58,7 +59,8 @@ BOUNDS: dict[str, SettingSpec] = {
 }
 # Keys whose value may be a name or a dict (an architecture given inline).
 _NAME_OR_DICT = {("model", "unet"), ("model", "syncnet_config")}
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+# Package data (pyproject's [tool.setuptools.package-data]), found wherever the package is installed.
+CONFIG_DIR = resources.files("train") / "configs"
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "model": {

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from importlib import resources
 from pathlib import Path
 from typing import Iterable
 
@@ -22,7 +23,8 @@ from .config import DEEPSPEED_PRESETS, Config
 
 logger = logging.getLogger("train")
 
-DEEPSPEED_DIR = Path(__file__).resolve().parent / "deepspeed"
+# Package data (pyproject's [tool.setuptools.package-data]), found wherever the package is installed.
+DEEPSPEED_DIR = resources.files("train") / "deepspeed"
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -112,21 +114,27 @@ def create_optimizer(config: Config, parameters: Iterable[torch.nn.Parameter], n
 
 
 def create_lr_scheduler(config: Config, optimizer, num_processes: int):
-    """diffusers' `get_scheduler` (``constant`` by default). Step counts are multiplied by the number of processes
-    because accelerate steps a prepared scheduler once per process."""
+    """diffusers' `get_scheduler` (``constant`` by default), counting steps as its stepper does.
+
+    accelerate steps a prepared scheduler once per process at each optimizer step, so its step counts are
+    multiplied by the number of processes. When the DeepSpeed config defines the optimizer (``zero2_offload``),
+    the DeepSpeed engine owns the scheduler and steps it once per optimizer step: its counts stay as configured.
+    """
     from diffusers.optimization import get_scheduler
 
     settings = config["optimizer"]
+    owned_by_deepspeed = deepspeed_owns_optimizer(config)
+    steps_per_update = 1 if owned_by_deepspeed else num_processes
 
     def build(optimizer):
         return get_scheduler(
             settings["lr_scheduler"],
             optimizer=optimizer,
-            num_warmup_steps=settings["lr_warmup_steps"] * num_processes,
-            num_training_steps=config["run"]["max_train_steps"] * num_processes,
+            num_warmup_steps=settings["lr_warmup_steps"] * steps_per_update,
+            num_training_steps=config["run"]["max_train_steps"] * steps_per_update,
         )
 
-    if deepspeed_owns_optimizer(config):
+    if owned_by_deepspeed:
         from accelerate.utils import DummyScheduler
 
         return DummyScheduler(optimizer, lr_scheduler_callable=build)
