@@ -25,7 +25,6 @@ import os
 import resource
 import time
 import wave
-from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -38,17 +37,12 @@ from .errors import ConfigError
 from .face.detectors import Face, FaceDetector
 from .models.unet import UNet3DConditionModel
 from .models.unet_configs import get_unet_config
-from .models.vae import (
-    SD_VAE_FT_MSE_CONFIG,
-    TINY_VAE_CONFIG,
-    DiffusersVAE,
-    LatentCodec,
-    decode_in_batches,
-    encode_in_batches,
-)
+from .models.vae import SD_VAE_FT_MSE_CONFIG, TINY_VAE_CONFIG, DiffusersVAE, LatentCodec
 from .pipeline.ddim import initial_noise
 from .pipeline.settings import DTYPES
-from .pipeline.speed import EXACT, SpeedSettings, WindowInputs, sample_windows, wrap_unet
+from .pipeline.speed import EXACT, SpeedSettings
+from .pipeline.timing import StageClock, device_sync
+from .pipeline.windows import WindowGenerator, WindowPixels
 from .tiny import randomize_parameters
 
 logger = logging.getLogger(__name__)
@@ -63,7 +57,7 @@ BENCH_SIZES: dict[str, tuple[dict, dict]] = {
     "full": (get_unet_config("stage2"), SD_VAE_FT_MSE_CONFIG),
 }
 DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
-SAMPLER_STAGES = ("vae_encode", "unet", "vae_decode")
+SAMPLER_STAGES = ("vae_encode", "denoise", "vae_decode")
 # Audio tokens per model frame (Whisper features of 10 frames x 5 tokens, as `feature_window` gives them).
 AUDIO_TOKENS = 50
 
@@ -101,30 +95,6 @@ def random_models(
 
 # ----------------------------------------------------------------------------------------------------------
 # Measuring
-
-
-class StageTimer:
-    """Wall and process-CPU seconds per stage; waits for the GPU at both ends of a section."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.wall: dict[str, float] = defaultdict(float)
-        self.cpu: dict[str, float] = defaultdict(float)
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    @contextmanager
-    def section(self, stage: str):
-        self._sync()
-        wall, cpu = time.perf_counter(), time.process_time()
-        try:
-            yield
-        finally:
-            self._sync()
-            self.wall[stage] += time.perf_counter() - wall
-            self.cpu[stage] += time.process_time() - cpu
 
 
 def reset_peak_memory(device: torch.device) -> None:
@@ -247,7 +217,6 @@ def _model_device_dtype(unet: torch.nn.Module) -> tuple[torch.device, torch.dtyp
     return parameter.device, parameter.dtype
 
 
-@torch.no_grad()
 def bench_sampler(
     unet: UNet3DConditionModel,
     vae: LatentCodec,
@@ -255,13 +224,14 @@ def bench_sampler(
     speed: SpeedSettings = EXACT,
     label: str = "exact",
 ) -> BenchResult:
-    """Time VAE encode, the denoising loop and VAE decode of ``inputs.num_windows`` windows on random inputs.
+    """Time the pipeline's `WindowGenerator` (VAE encode, the denoising loop, VAE decode) on ``inputs.num_windows``
+    windows of random inputs.
 
     The faces are uniform noise in ``[-1, 1]``, the lower half of each face is the region to regenerate, the audio
     features are standard normal; everything comes from ``inputs.seed``, so two runs see the same inputs.
     ``speed`` applies DeepCache, compile (in place on ``unet``), VAE batching and window batching.
     """
-    device, dtype = _model_device_dtype(unet)
+    device, _ = _model_device_dtype(unet)
     resolution, num_frames = inputs.resolution, inputs.num_frames
     latent_size = resolution // 8
     generator = torch.Generator().manual_seed(inputs.seed)
@@ -272,58 +242,29 @@ def bench_sampler(
     keep[..., resolution // 2 :, :] = 0  # 1 = keep, 0 = regenerate
     mask_latents = torch.nn.functional.interpolate(keep, size=(latent_size, latent_size))[:, :, None]
     noise = initial_noise(latent_size, latent_size, generator)
+    windows = [
+        WindowPixels(window_faces * keep, window_faces, window_audio)
+        for window_faces, window_audio in zip(faces.split(num_frames), audio.split(num_frames))
+    ]
 
-    unet_fn = wrap_unet(unet, speed)
-    vae_batch = speed.vae_batch_on(device)
-    timer = StageTimer(device)
+    window_generator = WindowGenerator(unet, vae, speed)
+    clock = StageClock(sync=device_sync(device))
     reset_peak_memory(device)
     started_wall, started_cpu = time.perf_counter(), time.process_time()
-
-    # 1. VAE encode: masked faces, then reference faces, per window (the pipeline's order of posterior samples)
-    windows = []
-    for start in range(0, total, num_frames):
-        window_faces = faces[start : start + num_frames]
-        with timer.section("vae_encode"):
-            masked = encode_in_batches(vae, window_faces * keep, generator, vae_batch)
-            reference = encode_in_batches(vae, window_faces, generator, vae_batch)
-        to_video = lambda latents: latents.permute(1, 0, 2, 3).unsqueeze(0).to(device, dtype)
-        windows.append(
-            WindowInputs(
-                latents=noise.repeat(1, 1, num_frames, 1, 1).to(device, dtype),
-                mask_latents=mask_latents.expand(-1, -1, num_frames, -1, -1).to(device, dtype),
-                masked_image_latents=to_video(masked),
-                ref_latents=to_video(reference),
-                audio_embeds=audio[start : start + num_frames][None].to(device, dtype),
-            )
-        )
-
-    # 2. Denoise
-    with timer.section("unet"):
-        denoised = sample_windows(
-            unet_fn,
-            windows,
-            speed.window_batch,
-            num_inference_steps=inputs.num_inference_steps,
-            guidance_scale=inputs.guidance_scale,
-            batch_cfg=speed.cfg_batch,
-        )
-
-    # 3. VAE decode
-    latents = torch.cat([window[0].permute(1, 0, 2, 3) for window in denoised])
-    with timer.section("vae_decode"):
-        decoded = torch.cat([decode_in_batches(vae, window[0].permute(1, 0, 2, 3), vae_batch) for window in denoised])
-
+    generated = window_generator.generate(
+        windows, noise, mask_latents, generator, inputs.num_inference_steps, inputs.guidance_scale, clock
+    )
     return BenchResult(
         label=label,
         num_frames=total,
-        wall=dict(timer.wall),
-        cpu=dict(timer.cpu),
+        wall=dict(clock.seconds),
+        cpu=dict(clock.cpu_seconds),
         total_wall=time.perf_counter() - started_wall,
         total_cpu=time.process_time() - started_cpu,
         peak_rss=peak_rss_bytes(),
         peak_vram=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
-        output=decoded,
-        latents=latents.float().cpu(),
+        output=torch.cat([window.faces for window in generated]),
+        latents=torch.cat([window.latents for window in generated]).float().cpu(),
     )
 
 
@@ -427,11 +368,10 @@ def bench_pipeline(
     with recorded_frames(pipeline) as frames:
         report = pipeline.run(video_path, audio_path, output_path)
     total_cpu = time.process_time() - started_cpu
-    stages = {("unet" if stage == "denoise" else stage): seconds for stage, seconds in report.stage_seconds.items()}
     return BenchResult(
         label=label,
         num_frames=report.num_frames,
-        wall=stages,
+        wall=report.stage_seconds,
         cpu={},
         total_wall=report.wall_seconds,
         total_cpu=total_cpu,

@@ -16,7 +16,7 @@ from latentsync.errors import ConfigError
 from latentsync.pipeline.speed import SpeedSettings
 
 SMALL = bench.SamplerInputs(resolution=32, num_frames=3, num_windows=2, num_inference_steps=2)
-E2E_STAGES = {"decode", "detect", "align", "vae_encode", "unet", "vae_decode", "paste", "encode"}
+E2E_STAGES = {"decode", "detect", "align", "vae_encode", "denoise", "vae_decode", "paste", "encode"}
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -39,7 +39,7 @@ def test_sampler_bench_times_every_stage(tiny_models):
     assert result.num_frames == 6 and result.fps > 0 and result.peak_rss > 2**20 and result.peak_vram is None
     assert result.total_wall >= sum(result.wall.values()) * 0.99
     assert result.output.shape == (6, 3, 32, 32) and result.latents.shape == (6, 4, 4, 4)
-    assert "unet" in bench.format_result(result) and "frames/s" in bench.format_result(result)
+    assert "denoise" in bench.format_result(result) and "frames/s" in bench.format_result(result)
 
 
 def test_comparison_reports_ratio_and_difference(tiny_models):

@@ -18,13 +18,12 @@ from latentsync.pipeline.speed import (
     EXACT,
     OFFICIAL,
     SpeedSettings,
-    WindowInputs,
     background_calls,
     parse_switches,
     prefetch,
-    sample_windows,
     wrap_unet,
 )
+from latentsync.pipeline.windows import WindowInputs, sample_windows
 from latentsync.tiny import randomize_parameters
 
 NUM_FRAMES, LATENT_SIZE = 4, 8

@@ -36,25 +36,17 @@ from ..media.audio import MODEL_SAMPLE_RATE, load_audio
 from ..media.timeline import Timeline, parse_fps, plan_timeline
 from ..media.video import SourceFrameCursor, VideoReader
 from ..media.writer import OUTPUT_CRF, AudioFile, VideoWriter
-from ..models.vae import LatentCodec, decode_in_batches, encode_in_batches
-from .ddim import create_scheduler, initial_noise
+from ..models.vae import LatentCodec
+from .ddim import initial_noise
 from .faces import FacePreparer, face_pixels, replay_faces
 from .inputs import check_inputs
 from .models import DEFAULT_RESOLUTION
 from .report import LipSyncReport
 from .settings import DEFAULT_SETTINGS, MODEL_FPS, LipSyncSettings
-from .speed import (
-    EXACT,
-    SpeedSettings,
-    WindowInputs,
-    background_calls,
-    prefetch,
-    sample_windows,
-    wrap_detector,
-    wrap_unet,
-)
+from .speed import EXACT, SpeedSettings, background_calls, prefetch, wrap_detector
 from .stream import SyncStream
 from .timing import StageClock
+from .windows import WindowGenerator, WindowPixels
 
 logger = logging.getLogger(__name__)
 
@@ -70,11 +62,6 @@ CancelCallback = Callable[[], bool]
 """``cancel()`` returns True to stop; it is asked before every output frame and after every denoising step."""
 
 
-def _to_video(latents: torch.Tensor) -> torch.Tensor:
-    """``(f, c, h, w)`` → ``(1, c, f, h, w)``."""
-    return latents.permute(1, 0, 2, 3).unsqueeze(0)
-
-
 class LipSyncPipeline:
     """LatentSync inference as separately usable stages plus a streaming `run` over files.
 
@@ -87,9 +74,9 @@ class LipSyncPipeline:
         speed: `SpeedSettings` (`latentsync.pipeline.speed`); the default is the exact path. ``compile`` compiles
             ``unet``'s layers in place.
 
-    Stages (ComfyUI nodes call them on IMAGE batches): `prepare_audio`, `face_preparer` (detect + align),
-    `audio_window`, `denoise_windows` (`denoise_window`) / `blend_mouth` / `generate_window`, `paste`;
-    `sync_frames` streams frames through all of them and `run` adds file IO.
+    Stages: `prepare_audio`, `face_preparer` (detect + align), `audio_window`, `denoise_windows` (the
+    `WindowGenerator`), `blend_mouth`, `paste`; `sync_frames` streams frames through all of them (the ComfyUI
+    sampler calls it) and `run` adds file IO.
     """
 
     def __init__(
@@ -102,7 +89,7 @@ class LipSyncPipeline:
         speed: SpeedSettings = EXACT,
     ):
         self.unet = unet
-        self.denoiser = wrap_unet(unet, speed)  # what the sampler calls: the UNet, or DeepCache around it
+        self.windows = WindowGenerator(unet, vae, speed)
         self.whisper = whisper
         self.vae = vae
         self.settings = settings
@@ -111,7 +98,6 @@ class LipSyncPipeline:
         detector = detector if detector is not None else create_face_detector(settings.face_detector)
         self.detector = wrap_detector(detector, speed)
         self.mask = MouthMask(self.resolution)
-        self.scheduler = create_scheduler()
 
     @property
     def latent_size(self) -> int:
@@ -142,7 +128,6 @@ class LipSyncPipeline:
         """``x_T`` shared by every frame of a video: ``(1, 4, 1, R/8, R/8)`` float32 on the CPU."""
         return initial_noise(self.latent_size, self.latent_size, generator)
 
-    @torch.no_grad()
     def denoise_windows(
         self,
         windows: Sequence[tuple[np.ndarray | torch.Tensor, torch.Tensor]],
@@ -152,9 +137,7 @@ class LipSyncPipeline:
         cancel: CancelCallback | None = None,
         clock: StageClock | None = None,
     ) -> list[torch.Tensor]:
-        """Generate windows: VAE-encode the masked and then the reference faces of each window in turn (posterior
-        samples from ``generator`` in that order), denoise ``speed.window_batch`` windows per UNet batch from
-        ``noise``, and VAE-decode.
+        """Generate windows of aligned faces with `WindowGenerator` (VAE encode, DDIM, VAE decode).
 
         Args:
             windows: ``(faces, audio)`` per window: ``(f, R, R, 3)`` uint8 aligned faces (array or tensor) and the
@@ -169,31 +152,11 @@ class LipSyncPipeline:
         Raises:
             Cancelled: when ``cancel()`` turns True between two steps.
         """
-        clock = clock or StageClock()
-        parameter = next(self.unet.parameters())
-        device, dtype = parameter.device, parameter.dtype
-        vae_batch = self.speed.vae_batch_on(device)
-        mask_latents = self.mask.latent(self.latent_size)[None, :, None].to(device, dtype)
 
-        # 1. Conditioning latents, window by window
-        inputs = []
-        for faces, audio in windows:
-            pixels = face_pixels(faces)
-            num_frames = pixels.shape[0]
-            with clock.section("vae_encode"):
-                masked_latents = encode_in_batches(self.vae, self.mask.mask_image(pixels).float(), generator, vae_batch)
-                ref_latents = encode_in_batches(self.vae, pixels, generator, vae_batch)
-            inputs.append(
-                WindowInputs(
-                    latents=noise.repeat(1, 1, num_frames, 1, 1).to(device, dtype),
-                    mask_latents=mask_latents.expand(-1, -1, num_frames, -1, -1),
-                    masked_image_latents=_to_video(masked_latents).to(device, dtype),
-                    ref_latents=_to_video(ref_latents).to(device, dtype),
-                    audio_embeds=audio[None].to(device, dtype),
-                )
-            )
+        def pixels(faces, audio) -> WindowPixels:
+            reference = face_pixels(faces)
+            return WindowPixels(self.mask.mask_image(reference).float(), reference, audio)
 
-        # 2. Denoise
         def on_step(step: int, num_steps: int, latents: torch.Tensor) -> None:
             if progress is not None:
                 for _ in range(latents.shape[0]):  # one step of every window in the batch
@@ -201,33 +164,23 @@ class LipSyncPipeline:
             if cancel is not None and cancel():
                 raise Cancelled("lip sync was cancelled")
 
-        with clock.section("denoise"):
-            denoised = sample_windows(
-                self.denoiser,
-                inputs,
-                self.speed.window_batch,
-                num_inference_steps=self.settings.num_inference_steps,
-                guidance_scale=self.settings.guidance_scale,
-                scheduler=self.scheduler,
-                callback=on_step,
-                batch_cfg=self.speed.cfg_batch,
-            )
-
-        # 3. Back to pixels
-        with clock.section("vae_decode"):
-            return [decode_in_batches(self.vae, latents[0].permute(1, 0, 2, 3), vae_batch) for latents in denoised]
-
-    def denoise_window(
-        self, faces, audio: torch.Tensor, noise: torch.Tensor, generator: torch.Generator, **kwargs
-    ) -> torch.Tensor:
-        """`denoise_windows` of one window: ``(f, R, R, 3)`` faces and ``(f, 50, d)`` audio → ``(f, 3, R, R)``."""
-        return self.denoise_windows([(faces, audio)], noise, generator, **kwargs)[0]
+        generated = self.windows.generate(
+            (pixels(faces, audio) for faces, audio in windows),
+            noise,
+            mask_latents=self.mask.latent(self.latent_size)[None, :, None],
+            generator=generator,
+            num_inference_steps=self.settings.num_inference_steps,
+            guidance_scale=self.settings.guidance_scale,
+            clock=clock,
+            callback=on_step,
+        )
+        return [window.faces for window in generated]
 
     def blend_mouth(self, decoded: torch.Tensor, faces) -> torch.Tensor:
         """Keep the generated mouth region only: ``decoded (1 - m) + reference m`` (m = 1 outside the mouth).
 
         Args:
-            decoded: ``(f, 3, R, R)`` from `denoise_window`.
+            decoded: ``(f, 3, R, R)`` from `denoise_windows`.
             faces: ``(f, R, R, 3)`` uint8 aligned faces to take the rest from.
 
         Returns:
@@ -236,16 +189,13 @@ class LipSyncPipeline:
         keep = self.mask.pixel[0:1].float()
         return decoded * (1 - keep) + face_pixels(faces) * keep
 
-    def generate_window(self, faces, audio: torch.Tensor, noise: torch.Tensor, generator: torch.Generator, **kwargs):
-        """`denoise_window` then `blend_mouth` with the same faces: ``(f, 3, R, R)`` lip-synced faces."""
-        return self.blend_mouth(self.denoise_window(faces, audio, noise, generator, **kwargs), faces)
-
     @staticmethod
     def paste(frame: np.ndarray, face: torch.Tensor, affine: np.ndarray) -> np.ndarray:
         """Paste a ``(3, R, R)`` face in ``[-1, 1]`` back into its ``(h, w, 3)`` uint8 frame (a new array)."""
         return paste_back(frame, face, affine)
 
     # -- streaming ------------------------------------------------------------------------------------------
+
     def sync_frames(
         self,
         frames: Iterable[tuple[int, np.ndarray]],

@@ -7,7 +7,6 @@ switches to a sampler call::
     speed = SpeedSettings(deepcache_interval=3)
     unet_fn = wrap_unet(unet, speed)                       # DeepCache and/or torch.compile around the UNet
     detector = wrap_detector(detector, speed)              # detection on shrunk frames
-    results = sample_windows(unet_fn, windows, speed.window_batch, num_inference_steps=20)
     frames = prefetch(decoded_frames, depth=8)             # decode in a background thread (io_overlap)
 
 ``python -m latentsync bench --compare "deepcache_interval=3"`` measures any of them on random weights.
@@ -18,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
@@ -29,7 +28,6 @@ from torch import nn
 from ..errors import ConfigError
 from ..face.detectors import Face, FaceDetector
 from ..models.unet_blocks import UNetBlock3D
-from .ddim import sample_ddim
 from .deepcache import OFFICIAL_CACHE_BRANCH, DeepCacheUNet
 from .settings import SettingSpec, check_settings, setting_field, setting_specs
 
@@ -58,7 +56,8 @@ class SpeedSettings:
         vae_batch: images per VAE encode/decode call (`latentsync.models.vae.encode_in_batches`); None = 1 on
             the CPU (fastest there: 8 ran the VAE stages 0.76x as fast with 45% more memory) and 8 on GPUs. Exact
             at any value (the VAE works per image; the posterior samples are drawn in the same order).
-        window_batch: denoise this many windows of ``num_frames`` frames in one UNet batch (`sample_windows`).
+        window_batch: denoise this many windows of ``num_frames`` frames in one UNet batch
+            (`latentsync.pipeline.windows.sample_windows`).
             Same math, output within float rounding (< 1e-4); a throughput lever on GPUs whose 16-frame batch does
             not fill the device; no gain on the CPU (1.00x). Output frames wait for their mouth until the batch
             is full, so memory grows with it.
@@ -203,59 +202,6 @@ def wrap_detector(detector: FaceDetector, speed: SpeedSettings = EXACT) -> FaceD
     if speed.detect_size is None:
         return detector
     return ResizedDetection(detector, speed.detect_size)
-
-
-@dataclass
-class WindowInputs:
-    """What `sample_ddim` needs for one window of ``f`` frames, batch 1.
-
-    Attributes:
-        latents: ``x_T`` ``(1, 4, f, h, w)``.
-        mask_latents: ``(1, 1, f, h, w)``.
-        masked_image_latents: ``(1, 4, f, h, w)``.
-        ref_latents: ``(1, 4, f, h, w)``.
-        audio_embeds: ``(1, f, n, d)``.
-    """
-
-    latents: torch.Tensor
-    mask_latents: torch.Tensor
-    masked_image_latents: torch.Tensor
-    ref_latents: torch.Tensor
-    audio_embeds: torch.Tensor
-
-
-def sample_windows(
-    unet: Callable, windows: Sequence[WindowInputs], window_batch: int = 1, **sample_options
-) -> list[torch.Tensor]:
-    """Denoise several windows, ``window_batch`` at a time in one UNet batch (consecutive windows of equal shape).
-
-    Every window is denoised independently (the UNet treats batch items apart), so the result equals one
-    `sample_ddim` call per window up to float rounding of the larger matrix products.
-
-    Args:
-        unet: what `sample_ddim` calls (e.g. `wrap_unet`'s result).
-        windows: the windows, in order.
-        window_batch: windows per UNet batch (the guided batch is twice that).
-        sample_options: passed to `sample_ddim` (``num_inference_steps``, ``guidance_scale``, ``scheduler``, ...).
-
-    Returns:
-        ``x_0`` ``(1, 4, f, h, w)`` per window, in order.
-    """
-    results: list[torch.Tensor] = []
-    start = 0
-    while start < len(windows):
-        shape = windows[start].latents.shape
-        stop = start + 1
-        while stop < len(windows) and stop - start < window_batch and windows[stop].latents.shape == shape:
-            stop += 1
-        group = windows[start:stop]
-        batched = {
-            name: torch.cat([getattr(window, name) for window in group])
-            for name in ("latents", "mask_latents", "masked_image_latents", "ref_latents", "audio_embeds")
-        }
-        results.extend(sample_ddim(unet, **batched, **sample_options).split(1))
-        start = stop
-    return results
 
 
 # ----------------------------------------------------------------------------------------------------------
