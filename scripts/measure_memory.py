@@ -1,13 +1,13 @@
 """Peak memory and time per stage of lip-sync runs of different lengths, each in a fresh Python process.
 
-The clips are the synthetic talking face of the tests (``tests/pipeline_models.py``), square, 25 fps, a face in
+The clips are the synthetic talking face of the tests (``tests/helpers/pipeline.py``), square, 25 fps, a face in
 every frame, with as much speech as video; the models are the tiny random-weight ones (``latentsync.tiny``), on the
 CPU. Every run is a new process, so ``ru_maxrss`` (peak resident memory) is that run's alone::
 
     python scripts/measure_memory.py                         # 200 and 2000 frames of 256 x 256, tiny UNet
     python scripts/measure_memory.py --frames 20 100 --stub --json
 
-``--stub`` replaces the UNet by one that predicts zero noise and the VAE by 8x pooling (`tests/pipeline_models.py`):
+``--stub`` replaces the UNet by one that predicts zero noise and the VAE by 8x pooling (`tests/helpers/pipeline.py`):
 everything else (decoding, faces, windows, paste, encoding and their buffers) runs for real, in a fraction of the
 time. The last line printed is the ratio of the longest run's peak to the shortest's.
 """
@@ -47,7 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def child(args: argparse.Namespace) -> None:
     """One measured run; prints its result as one JSON line."""
     import torch
-    from pipeline_models import PoolingCodec, SyntheticFaceDetector, ZeroNoiseUNet
+    from helpers.pipeline import PoolingCodec, SyntheticFaceDetector, ZeroNoiseUNet
 
     from latentsync.pipeline.lipsync import LipSyncPipeline
     from latentsync.pipeline.models import load_models
@@ -77,7 +77,7 @@ def child(args: argparse.Namespace) -> None:
 
 
 def measure(args: argparse.Namespace, folder: Path, num_frames: int, models_dir: Path) -> dict:
-    from pipeline_models import speech, write_clip, write_wav
+    from helpers.pipeline import speech, write_clip, write_wav
 
     video = write_clip(folder / f"clip_{num_frames}.mp4", num_frames, size=(args.size, args.size))
     audio = write_wav(folder / f"speech_{num_frames}.wav", speech(num_frames / FPS))

@@ -1,18 +1,14 @@
-"""Shared test fixtures: where the conformance data lives, skipping cleanly when it is absent, and one torch thread
-for the modules that run tiny models."""
+"""Fixtures shared by the test modules, each built once per pytest session: where the conformance data lives
+(skipping cleanly when it is absent), the tiny models several modules run, and one torch thread for the modules
+that run them. Helpers that are not fixtures live in the `helpers` package (``from helpers.files import ...``)."""
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import pytest
+from helpers.files import FIXTURES_DIR
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-# The conformance data sits beside the checkout in this workplace (`../shared/fixtures`); a user's clone has
-# none, so every test that needs it skips with the reason below. LATENTSYNC_FIXTURES overrides the location.
-FIXTURES_DIR = Path(os.environ.get("LATENTSYNC_FIXTURES", REPO_ROOT.parent / "shared" / "fixtures"))
 _MISSING_REASON = (
     f"conformance fixtures not found at {FIXTURES_DIR} (they live in ../shared/fixtures beside the checkout; "
     "set LATENTSYNC_FIXTURES to point elsewhere)"
@@ -35,6 +31,10 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+# ----------------------------------------------------------------------------------------------------------
+# Conformance data
+
+
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     """The conformance fixture folder; skips the test when it is absent."""
@@ -49,24 +49,53 @@ def assets_dir(fixtures_dir: Path) -> Path:
     return fixtures_dir / "assets"
 
 
-def load_tensors(path: Path) -> dict:
-    """All tensors of a `.safetensors` fixture file."""
-    from safetensors.torch import load_file
+@pytest.fixture(scope="session")
+def fixture_unet(fixtures_dir: Path):
+    """The tiny UNet checkpoint of the fixtures (`unet_tiny/latentsync_unet_tiny.pt`), loaded (eval, float32).
+    Shared: tests must not change its weights or settings (copy it first)."""
+    from latentsync.models.unet_loading import load_unet
 
-    return load_file(str(path))
-
-
-def read_pcm16_wav(path: Path):
-    """A 16 kHz mono PCM16 wav as float32 samples ``int16 / 32768`` (how the reference reads audio)."""
-    import wave
-
-    import numpy as np
-
-    with wave.open(str(path)) as handle:
-        assert (handle.getframerate(), handle.getnchannels(), handle.getsampwidth()) == (16000, 1, 2)
-        pcm = np.frombuffer(handle.readframes(handle.getnframes()), dtype=np.int16)
-    return pcm.astype(np.float32) / 32768.0
+    return load_unet(fixtures_dir / "unet_tiny" / "latentsync_unet_tiny.pt")
 
 
-def load_json(path: Path) -> dict:
-    return json.loads(Path(path).read_text())
+# ----------------------------------------------------------------------------------------------------------
+# Tiny random models
+
+
+@pytest.fixture(scope="session")
+def tiny_syncnet():
+    """A StableSyncNet of the ``syncnet_tiny`` config with random weights (seed 0), in eval mode. Shared: tests must
+    not change it (copy it first)."""
+    import torch
+
+    from latentsync.models.syncnet import StableSyncNet
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return StableSyncNet.from_config("syncnet_tiny").eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_models_dir(tmp_path_factory) -> Path:
+    """A models folder with tiny random-weight models in the official layout (`latentsync.tiny`)."""
+    from latentsync.tiny import make_tiny_models
+
+    folder = tmp_path_factory.mktemp("tiny_models")
+    make_tiny_models(folder, seed=3)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tiny_models_dir: Path):
+    """The tiny models of `tiny_models_dir`, loaded on the CPU in float32 at resolution 256."""
+    from latentsync.pipeline.models import load_models
+
+    return load_models(tiny_models_dir, resolution=256)
+
+
+@pytest.fixture(scope="session")
+def face_detector():
+    """The default face detector (MediaPipe; a runtime requirement, so its absence fails the tests that use it)."""
+    from latentsync.face.detectors import create_face_detector
+
+    return create_face_detector()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import load_tensors
+from helpers.files import load_tensors
 from latentsync.audio import (
     audio_window,
     centre_rows,

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def tiny_models():
+def bench_models():
     return bench.random_models("tiny")
 
 
@@ -33,8 +33,8 @@ def run_cli(*argv: str) -> int:
     return bench_cli.run(parser.parse_args(["bench", *argv]))
 
 
-def test_sampler_bench_times_every_stage(tiny_models):
-    result = bench.bench_sampler(*tiny_models, SMALL)
+def test_sampler_bench_times_every_stage(bench_models):
+    result = bench.bench_sampler(*bench_models, SMALL)
     assert set(result.wall) == set(bench.SAMPLER_STAGES) and set(result.cpu) == set(bench.SAMPLER_STAGES)
     assert result.num_frames == 6 and result.fps > 0 and result.peak_rss > 2**20 and result.peak_vram is None
     assert result.total_wall >= sum(result.wall.values()) * 0.99
@@ -42,8 +42,8 @@ def test_sampler_bench_times_every_stage(tiny_models):
     assert "denoise" in bench.format_result(result) and "frames/s" in bench.format_result(result)
 
 
-def test_comparison_reports_ratio_and_difference(tiny_models):
-    unet, vae = tiny_models
+def test_comparison_reports_ratio_and_difference(bench_models):
+    unet, vae = bench_models
     same = bench.compare_sampler(unet, vae, bench.Variant(), bench.Variant(SpeedSettings(window_batch=2)), SMALL)
     assert same.max_abs_diff < 1e-4 and same.speedup > 0
     four_steps = bench.SamplerInputs(resolution=32, num_frames=3, num_inference_steps=4)
@@ -54,11 +54,11 @@ def test_comparison_reports_ratio_and_difference(tiny_models):
     assert "speed-up deepcache_interval=2 vs exact" in text and "output difference: max" in text
 
 
-def test_variants_parse_switches_and_dtype(tiny_models):
+def test_variants_parse_switches_and_dtype(bench_models):
     variant = bench.parse_variant("deepcache_interval=3, dtype=bf16")
     assert variant.speed.deepcache_interval == 3 and variant.dtype == torch.bfloat16
     assert variant.label == "deepcache_interval=3,dtype=bfloat16"
-    unet, vae = tiny_models
+    unet, vae = bench_models
     cast_unet, _ = bench.models_for(variant, unet, vae)
     assert next(cast_unet.parameters()).dtype == torch.bfloat16 and next(unet.parameters()).dtype == torch.float32
     with pytest.raises(ConfigError, match="unknown dtype"):

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import load_json, load_tensors
-from latentsync.models.unet_loading import load_unet
+from helpers.files import load_json, load_tensors
 from latentsync.pipeline.ddim import create_scheduler, initial_noise, sample_ddim
 
 LATENT_ATOL = 2e-4
@@ -34,11 +33,6 @@ def trajectory(fixtures_dir):
     )
 
 
-@pytest.fixture(scope="module")
-def tiny_unet(fixtures_dir):
-    return load_unet(fixtures_dir / "unet_tiny" / "latentsync_unet_tiny.pt", config="auto")
-
-
 def test_scheduler_matches_reference(trajectory):
     tensors, _ = trajectory
     scheduler = create_scheduler()
@@ -54,9 +48,9 @@ def test_initial_noise_is_one_draw_repeated(trajectory):
     torch.testing.assert_close(noise.repeat(1, 1, 8, 1, 1), tensors["init_latents"], atol=0, rtol=0)
 
 
-def test_full_trajectory(trajectory, tiny_unet):
+def test_full_trajectory(trajectory, fixture_unet):
     tensors, _ = trajectory
-    recorder = RecordingUNet(tiny_unet)
+    recorder = RecordingUNet(fixture_unet)
     seen_latents = []
     final = sample_ddim(
         recorder,
@@ -78,10 +72,10 @@ def test_full_trajectory(trajectory, tiny_unet):
     torch.testing.assert_close(final, tensors["final_latents"], atol=LATENT_ATOL, rtol=0)
 
 
-def test_guidance_off_runs_single_batch(trajectory, tiny_unet):
+def test_guidance_off_runs_single_batch(trajectory, fixture_unet):
     """With guidance 1 the UNet sees only the conditional batch (the reference skips CFG when w <= 1)."""
     tensors, _ = trajectory
-    recorder = RecordingUNet(tiny_unet)
+    recorder = RecordingUNet(fixture_unet)
     sample_ddim(
         recorder,
         tensors["init_latents"],
@@ -95,11 +89,11 @@ def test_guidance_off_runs_single_batch(trajectory, tiny_unet):
     assert [call[0].shape[0] for call in recorder.calls] == [1, 1]
 
 
-def test_mismatched_audio_is_rejected(trajectory, tiny_unet):
+def test_mismatched_audio_is_rejected(trajectory, fixture_unet):
     tensors, _ = trajectory
     with pytest.raises(ValueError, match="audio_embeds"):
         sample_ddim(
-            tiny_unet,
+            fixture_unet,
             tensors["init_latents"],
             tensors["mask_latents"],
             tensors["masked_image_latents"],

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import load_json, load_tensors
+from helpers.files import load_json, load_tensors
 
 from latentsync.errors import ConfigError, MediaError, NoFaceError
 from latentsync.face import (

@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import load_json, load_tensors
+from helpers.files import load_json, load_tensors
 
 from latentsync.errors import CheckpointError, ConfigError, MediaError
 from latentsync.face.detectors import (
@@ -53,11 +53,6 @@ def second_difference_rms(points: np.ndarray) -> float:
 
 
 @pytest.fixture(scope="module")
-def detector():
-    return create_face_detector(DEFAULT_FACE_DETECTOR)
-
-
-@pytest.fixture(scope="module")
 def fixture_frame(fixtures_dir):
     import cv2
 
@@ -72,8 +67,8 @@ def demo1_frames(assets_dir):
 # --- default detector on real faces ------------------------------------------------------------------------------
 
 
-def test_default_detector_matches_fixture_landmarks(detector, fixture_frame, fixtures_dir):
-    faces = detector.detect(fixture_frame)
+def test_default_detector_matches_fixture_landmarks(face_detector, fixture_frame, fixtures_dir):
+    faces = face_detector.detect(fixture_frame)
     assert len(faces) == 1
     face = faces[0]
     expected = load_tensors(fixtures_dir / "face" / "face.safetensors")["landmarks3"].numpy()
@@ -88,13 +83,13 @@ def test_default_detector_matches_fixture_landmarks(detector, fixture_frame, fix
     assert 0.5 <= face.score <= 1.0
 
 
-def test_default_detector_on_video_frames(detector, assets_dir, demo1_frames, fixtures_dir):
+def test_default_detector_on_video_frames(face_detector, assets_dir, demo1_frames, fixtures_dir):
     expected = load_tensors(fixtures_dir / "face" / "face.safetensors")["landmarks3"].numpy()
     # PyAV decodes frame 0 slightly differently from the OpenCV decode behind the PNG
-    assert np.abs(detector.detect(demo1_frames[0])[0].points3 - expected).max() <= POINTS3_TOLERANCE_PX
+    assert np.abs(face_detector.detect(demo1_frames[0])[0].points3 - expected).max() <= POINTS3_TOLERANCE_PX
     demo2 = read_frames(assets_dir / "demo2_video.mp4", 100)
     for frame in demo1_frames[::15] + demo2[::20]:
-        faces = detector.detect(frame)
+        faces = face_detector.detect(frame)
         assert len(faces) == 1
         left, right, nose = faces[0].points3
         brow_distance = np.linalg.norm(right - left)
@@ -102,22 +97,22 @@ def test_default_detector_on_video_frames(detector, assets_dir, demo1_frames, fi
         assert nose[1] > max(left[1], right[1]) and left[0] < nose[0] < right[0]
 
 
-def test_detect_size_maps_back_to_full_frame(detector, fixture_frame):
-    full = detector.detect(fixture_frame)[0]
-    small = detector.detect(fixture_frame, detect_size=960)[0]
+def test_detect_size_maps_back_to_full_frame(face_detector, fixture_frame):
+    full = face_detector.detect(fixture_frame)[0]
+    small = face_detector.detect(fixture_frame, detect_size=960)[0]
     assert np.abs(small.points3 - full.points3).max() <= DETECT_SIZE_TOLERANCE_PX
     assert np.abs(small.box - full.box).max() <= DETECT_SIZE_TOLERANCE_PX
 
 
 @pytest.mark.parametrize("kind", ["black", "grey", "noise"])
-def test_no_face_in_blank_or_noise(detector, kind):
+def test_no_face_in_blank_or_noise(face_detector, kind):
     rng = np.random.default_rng(0)
     image = {
         "black": np.zeros((720, 1280, 3), np.uint8),
         "grey": np.full((720, 1280, 3), 128, np.uint8),
         "noise": rng.integers(0, 256, (720, 1280, 3), dtype=np.uint8),
     }[kind]
-    assert detector.detect(image) == []
+    assert face_detector.detect(image) == []
 
 
 @pytest.mark.parametrize(
@@ -125,9 +120,9 @@ def test_no_face_in_blank_or_noise(detector, kind):
     [np.zeros((64, 64), np.uint8), np.zeros((64, 64, 4), np.uint8), np.zeros((64, 64, 3), np.float32), [[0]]],
     ids=["gray", "rgba", "float", "list"],
 )
-def test_bad_image_is_a_media_error(detector, image):
+def test_bad_image_is_a_media_error(face_detector, image):
     with pytest.raises(MediaError):
-        detector.detect(image)
+        face_detector.detect(image)
 
 
 # --- factory and missing pieces ----------------------------------------------------------------------------------
@@ -392,8 +387,8 @@ def test_tracker_rejects_bad_settings():
         OneEuroFilter(min_cutoff=0)
 
 
-def test_tracker_on_real_clip_smooths_and_bridges(detector, demo1_frames):
-    detections = [detector.detect(frame) for frame in demo1_frames]
+def test_tracker_on_real_clip_smooths_and_bridges(face_detector, demo1_frames):
+    detections = [face_detector.detect(frame) for frame in demo1_frames]
     raw = np.array([faces[0].points3 for faces in detections])
 
     smoothed = [points for _, points in FaceTracker(ScriptedDetector(detections)).track(demo1_frames)]
@@ -406,5 +401,5 @@ def test_tracker_on_real_clip_smooths_and_bridges(detector, demo1_frames):
     script = [None if index in dropped else faces for index, faces in enumerate(detections)]
     bridged = [points for _, points in FaceTracker(ScriptedDetector(script), smoothing=False).track(demo1_frames)]
     assert all(points is not None for points in bridged)
-    for index in sorted(dropped):  # interpolation stays close to what the detector said: measured <= 3.6 px
+    for index in sorted(dropped):  # interpolation stays close to what the face_detector said: measured <= 3.6 px
         assert np.abs(bridged[index] - raw[index]).max() <= 6.0

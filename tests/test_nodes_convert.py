@@ -7,7 +7,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
-from test_nodes_pack import pack_module
+from helpers.pack import pack_module
 
 from latentsync.media.audio import load_audio
 

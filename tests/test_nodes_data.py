@@ -8,8 +8,8 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
-from pipeline_models import PoolingCodec, SyntheticFaceDetector, ZeroNoiseUNet, face_frame
-from test_nodes_pack import pack_module
+from helpers.pipeline import PoolingCodec, SyntheticFaceDetector, ZeroNoiseUNet, face_frame
+from helpers.pack import pack_module
 
 data = pack_module("nodes.data")
 errors = pack_module("latentsync.errors")

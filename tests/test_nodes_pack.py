@@ -1,36 +1,17 @@
 """The node pack as ComfyUI sees it, without ComfyUI: the repository root is a package whose ``__init__`` defines
 only ``comfy_entrypoint``, and the pure node helpers import with the library as a relative subpackage.
-
-`pack_module` is how the other ``test_nodes_*`` files import ``nodes/...``: ComfyUI loads the pack under a name
-made from its folder's path, which a CI clone does not fix, so the tests load the root as a package under a fixed
-name instead.
 """
 
 from __future__ import annotations
 
 import ast
 import asyncio
-import importlib
-import importlib.util
 import sys
-from types import ModuleType
 
-from conftest import REPO_ROOT
+from helpers.files import REPO_ROOT
+from helpers.pack import PACKAGE, pack_module
 
-PACKAGE = "latentsync_comfy_pack"
 NODE_MODULES_WITHOUT_COMFY = ("convert", "data")
-
-
-def pack_module(name: str = "") -> ModuleType:
-    """``<repo>/<name>`` (e.g. ``"nodes.convert"``) imported as a submodule of the pack package, or the package."""
-    if PACKAGE not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            PACKAGE, REPO_ROOT / "__init__.py", submodule_search_locations=[str(REPO_ROOT)]
-        )
-        package = importlib.util.module_from_spec(spec)
-        sys.modules[PACKAGE] = package
-        spec.loader.exec_module(package)
-    return importlib.import_module(f"{PACKAGE}.{name}") if name else sys.modules[PACKAGE]
 
 
 def test_entry_point_is_v3_only():

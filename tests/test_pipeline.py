@@ -1,6 +1,6 @@
 """End-to-end lip sync with tiny random models: timing, lengths, faces, determinism, bad input, memory.
 
-The generated clip (`pipeline_models.face_frame`) has a steady synthetic face found by `SyntheticFaceDetector`;
+The generated clip (`helpers.pipeline.face_frame`) has a steady synthetic face found by `SyntheticFaceDetector`;
 the real clips of the fixtures use the default MediaPipe detector. Where a test checks only mechanics the UNet is
 `ZeroNoiseUNet` (no UNet cost); the VAE, the faces, the paste and the media IO always run for real.
 """
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT
-from media_synth import write_empty_wav
-from pipeline_models import (  # noqa: F401  (fixtures)
+from helpers.files import REPO_ROOT
+from helpers.media import write_empty_wav
+from helpers.pipeline import (
     PoolingCodec,
     SyntheticFaceDetector,
     ZeroNoiseUNet,
@@ -27,8 +27,6 @@ from pipeline_models import (  # noqa: F401  (fixtures)
     face_frame,
     read_index,
     speech,
-    tiny_models,
-    tiny_models_dir,
     write_clip,
     write_wav,
 )

@@ -13,14 +13,12 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
-from pipeline_models import (  # noqa: F401  (fixtures)
+from helpers.pipeline import (
     SyntheticFaceDetector,
     ZeroNoiseUNet,
     decode_frames,
     face_frame,
     speech,
-    tiny_models,
-    tiny_models_dir,
     write_clip,
     write_wav,
 )

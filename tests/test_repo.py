@@ -8,7 +8,7 @@ import re
 import subprocess
 import sys
 
-from conftest import REPO_ROOT
+from helpers.files import REPO_ROOT
 
 
 def _python_files(folder: str):

@@ -15,8 +15,8 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import read_pcm16_wav
-from media_synth import speech_like, write_audio, write_video
+from helpers.files import read_pcm16_wav
+from helpers.media import speech_like, write_audio, write_video
 
 from latentsync._cli import score as score_cli
 from latentsync.audio.syncnet_mel import crop_mel_window, mel_window_length, syncnet_melspectrogram
@@ -38,12 +38,6 @@ from latentsync.score import (
 SAMPLE_RATE = 16000
 SAMPLES_PER_FRAME = 640
 MAX_OFFSET = 15
-
-
-@pytest.fixture(scope="module")
-def syncnet() -> StableSyncNet:
-    torch.manual_seed(0)
-    return StableSyncNet.from_config("syncnet_tiny").eval()
 
 
 def random_syllables(seconds: float, seed: int) -> np.ndarray:
@@ -115,11 +109,11 @@ def test_frame_aligned_mel_windows():
 
 
 @pytest.fixture(scope="module")
-def scoring_case(syncnet):
+def scoring_case(tiny_syncnet):
     """48 faces (two windows at stride 16: frames 15 and 31) and 3 s of audio; the base score."""
     faces = random_faces(48, seed=1)
     wave = random_syllables(3.0, seed=7)
-    return faces, wave, sync_offset_scores(syncnet, faces, wave, max_offset=MAX_OFFSET, stride=16)
+    return faces, wave, sync_offset_scores(tiny_syncnet, faces, wave, max_offset=MAX_OFFSET, stride=16)
 
 
 def test_score_fields(scoring_case):
@@ -135,14 +129,14 @@ def test_score_fields(scoring_case):
 
 
 @pytest.mark.parametrize("k", [-3, 2, 5])
-def test_shift_equivariance(syncnet, scoring_case, k):
+def test_shift_equivariance(tiny_syncnet, scoring_case, k):
     faces, wave, base = scoring_case
     # the base curve has one clear minimum that stays inside -15..15 after the shift (a property of the data)
     ordered = np.sort(base.mean_distances)
     assert ordered[1] - ordered[0] > 1e-3
     assert -MAX_OFFSET + 3 <= base.best_offset <= MAX_OFFSET - 5, base.best_offset
 
-    shifted = sync_offset_scores(syncnet, faces, delay(wave, k), max_offset=MAX_OFFSET, stride=16)
+    shifted = sync_offset_scores(tiny_syncnet, faces, delay(wave, k), max_offset=MAX_OFFSET, stride=16)
 
     assert shifted.window_starts.tolist() == base.window_starts.tolist()
     assert shifted.best_offset == base.best_offset + k
@@ -153,18 +147,18 @@ def test_shift_equivariance(syncnet, scoring_case, k):
     assert shifted.min_distance == pytest.approx(base.min_distance, abs=1e-5)
 
 
-def test_identical_inputs_identical_scores(syncnet, scoring_case):
+def test_identical_inputs_identical_scores(tiny_syncnet, scoring_case):
     faces, wave, base = scoring_case
-    again = sync_offset_scores(syncnet, faces.clone(), wave.copy(), max_offset=MAX_OFFSET, stride=16)
+    again = sync_offset_scores(tiny_syncnet, faces.clone(), wave.copy(), max_offset=MAX_OFFSET, stride=16)
     assert again.to_dict() == base.to_dict()
 
 
-def test_window_embedder_gaps_and_batches(syncnet):
+def test_window_embedder_gaps_and_batches(tiny_syncnet):
     """Windows never cross a face gap; batching and the bounded buffer give the embeddings of a direct call."""
-    spec = SyncNetInput.for_model(syncnet)
+    spec = SyncNetInput.for_model(tiny_syncnet)
     faces = random_faces(39, seed=2)
     gap = 20
-    embedder = FaceWindowEmbedder(syncnet, spec, first_start=1, stride=2, batch_size=3)
+    embedder = FaceWindowEmbedder(tiny_syncnet, spec, first_start=1, stride=2, batch_size=3)
     for index, face in enumerate(faces):
         embedder.push(None if index == gap else face)
         assert embedder.num_buffered_faces < spec.num_frames + 3 * 2
@@ -179,17 +173,17 @@ def test_window_embedder_gaps_and_batches(syncnet):
     torch.testing.assert_close(embeds, torch.nn.functional.normalize(direct, dim=1), atol=1e-5, rtol=0)
 
 
-def test_too_short_and_bad_settings(syncnet):
+def test_too_short_and_bad_settings(tiny_syncnet):
     wave = random_syllables(3.0, seed=7)
     # the first window starts at frame 15 (audio 15 frames before it) and needs faces up to frame 30
     with pytest.raises(MediaError, match="start at frames 15 to 44, .*longest run of faces: 30 frames"):
-        sync_offset_scores(syncnet, random_faces(30, seed=1), wave)
+        sync_offset_scores(tiny_syncnet, random_faces(30, seed=1), wave)
     with pytest.raises(MediaError, match="audio covers about 20 frames, fewer than the 46 needed"):
-        sync_offset_scores(syncnet, random_faces(60, seed=1), wave[: SAMPLES_PER_FRAME * 20])
+        sync_offset_scores(tiny_syncnet, random_faces(60, seed=1), wave[: SAMPLES_PER_FRAME * 20])
     with pytest.raises(ConfigError, match="max_offset"):
-        sync_offset_scores(syncnet, random_faces(60, seed=1), wave, max_offset=-1)
+        sync_offset_scores(tiny_syncnet, random_faces(60, seed=1), wave, max_offset=-1)
     with pytest.raises(ConfigError, match=r"\(3, 256, 256\)"):
-        sync_offset_scores(syncnet, random_faces(60, seed=1, resolution=128), wave)
+        sync_offset_scores(tiny_syncnet, random_faces(60, seed=1, resolution=128), wave)
 
 
 def test_window_spec_follows_the_syncnet_config():
@@ -251,21 +245,11 @@ def test_frames_at_score_fps():
         list(frames_at_score_fps(range(3), 0))
 
 
-@pytest.fixture(scope="module")
-def face_detector():
-    from latentsync.face.detectors import MissingDependencyError, create_face_detector
-
-    try:
-        return create_face_detector()
-    except MissingDependencyError as error:
-        pytest.skip(f"default face detector unavailable: {error}")
-
-
-def test_faceless_video_raises_no_face_error(syncnet, face_detector, tmp_path):
+def test_faceless_video_raises_no_face_error(tiny_syncnet, face_detector, tmp_path):
     audio = speech_like(1.5, 48000)
     video = write_video(tmp_path / "pattern.mp4", num_frames=45, fps=Fraction(30), size=(160, 120), audio=audio)
     with pytest.raises(NoFaceError, match="No face found in any of the 38 frames"):
-        score_video(video, syncnet, face_detector)
+        score_video(video, tiny_syncnet, face_detector)
 
 
 @pytest.fixture(scope="module")
@@ -283,9 +267,9 @@ def clip_30fps(assets_dir, tmp_path_factory):
     return folder / "clip30.mp4", write_audio(folder / "audio.wav", wave[None], SAMPLE_RATE), wave
 
 
-def test_cli_scores_a_30fps_video(syncnet, face_detector, clip_30fps, tmp_path, capsys):
+def test_cli_scores_a_30fps_video(tiny_syncnet, face_detector, clip_30fps, tmp_path, capsys):
     video, audio, wave = clip_30fps
-    checkpoint = save_syncnet(syncnet, tmp_path / "syncnet_tiny.pt")
+    checkpoint = save_syncnet(tiny_syncnet, tmp_path / "syncnet_tiny.pt")
     parser = argparse.ArgumentParser()
     score_cli.add_parser(parser.add_subparsers())
     args = parser.parse_args(
@@ -309,6 +293,6 @@ def test_cli_scores_a_30fps_video(syncnet, face_detector, clip_30fps, tmp_path, 
 
     # end to end, delaying the audio by 2 frames moves the curve by 2 (detection and alignment are deterministic)
     delayed = write_audio(tmp_path / "delayed.wav", delay(wave, 2)[None], SAMPLE_RATE)
-    shifted = score_video(video, syncnet, face_detector, delayed, max_offset=3, stride=16)
+    shifted = score_video(video, tiny_syncnet, face_detector, delayed, max_offset=3, stride=16)
     assert shifted.window_starts.tolist() == result["window_starts"]
     np.testing.assert_allclose(shifted.mean_distances[2:], result["mean_distances"][:-2], atol=1e-5)

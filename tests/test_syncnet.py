@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import load_json, load_tensors
+from helpers.files import load_json, load_tensors
 
 from latentsync.errors import CheckpointError, ConfigError
 from latentsync.models.syncnet import (
@@ -30,12 +30,6 @@ OFFICIAL_CONTAINER_KEYS = {"state_dict", "global_step", *HISTORY_KEYS}
 @pytest.fixture(scope="module")
 def syncnet_dir(fixtures_dir):
     return fixtures_dir / "syncnet"
-
-
-@pytest.fixture(scope="module")
-def tiny_model() -> StableSyncNet:
-    torch.manual_seed(0)
-    return StableSyncNet.from_config("syncnet_tiny").eval()
 
 
 def _meta_model(config) -> StableSyncNet:
@@ -128,7 +122,7 @@ def test_cosine_loss_is_bce_of_similarity_with_label_one_for_in_sync():
     assert cosine_loss(vision[2:], audio[2:], torch.ones(1)).item() == pytest.approx(100.0)
 
 
-def test_gradient_checkpointing_keeps_gradients(tiny_model, monkeypatch):
+def test_gradient_checkpointing_keeps_gradients(tiny_syncnet, monkeypatch):
     import latentsync.models.syncnet as syncnet_module
 
     calls = []
@@ -138,13 +132,13 @@ def test_gradient_checkpointing_keeps_gradients(tiny_model, monkeypatch):
     mel = torch.randn(2, 1, 80, 52)
     gradients = []
     for enabled in (False, True):
-        model = copy.deepcopy(tiny_model)
+        model = copy.deepcopy(tiny_syncnet)
         model.enable_gradient_checkpointing(enabled)
         assert model.visual_encoder.gradient_checkpointing is model.audio_encoder.gradient_checkpointing is enabled
         # The audio encoder (ResNet and attention blocks) is enough to exercise the shared code path cheaply.
         model.audio_encoder(mel).square().sum().backward()
         gradients.append([p.grad for p in model.audio_encoder.parameters()])
-    assert len(calls) == len(tiny_model.audio_encoder.down_blocks)  # once per block, only when enabled
+    assert len(calls) == len(tiny_syncnet.audio_encoder.down_blocks)  # once per block, only when enabled
     for plain, checkpointed in zip(*gradients):
         torch.testing.assert_close(plain, checkpointed, atol=1e-6, rtol=1e-5)
 
@@ -180,9 +174,9 @@ def test_pack_frames_layout():
         ((1, 48, 128, 256), (1, 80, 52), r"\(b, 1, h, w\)"),
     ],
 )
-def test_forward_rejects_mismatched_inputs(tiny_model, frames_shape, mel_shape, message):
+def test_forward_rejects_mismatched_inputs(tiny_syncnet, frames_shape, mel_shape, message):
     with pytest.raises(ConfigError, match=message):
-        tiny_model(torch.zeros(frames_shape), torch.zeros(mel_shape))
+        tiny_syncnet(torch.zeros(frames_shape), torch.zeros(mel_shape))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -267,30 +261,30 @@ def test_load_rejects_a_unet(fixtures_dir):
         load_syncnet(unet_path, config="syncnet_16_pixel_attn")
 
 
-def test_load_rejects_empty_and_mismatched_files(tmp_path, tiny_model):
+def test_load_rejects_empty_and_mismatched_files(tmp_path, tiny_syncnet):
     empty = tmp_path / "stable_syncnet.pt"
     empty.touch()
     with pytest.raises(CheckpointError, match="empty"):
         load_syncnet(empty)
 
-    tiny_path = save_syncnet(tiny_model, tmp_path / "tiny.pt")
+    tiny_path = save_syncnet(tiny_syncnet, tmp_path / "tiny.pt")
     with pytest.raises(CheckpointError, match="Wrong shape"):
         load_syncnet(tiny_path, config="syncnet_16_pixel_attn")
 
     wrapped = tmp_path / "ddp.pt"
-    torch.save({"state_dict": {f"module.{k}": v for k, v in tiny_model.state_dict().items()}}, wrapped)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in tiny_syncnet.state_dict().items()}}, wrapped)
     with pytest.raises(CheckpointError, match="module."):
         load_syncnet(wrapped)
 
 
 @pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
-def test_save_load_round_trip(tmp_path, tiny_model, suffix):
-    path = save_syncnet(tiny_model, tmp_path / "out" / f"syncnet{suffix}", global_step=7)
+def test_save_load_round_trip(tmp_path, tiny_syncnet, suffix):
+    path = save_syncnet(tiny_syncnet, tmp_path / "out" / f"syncnet{suffix}", global_step=7)
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left behind
 
     loaded = load_syncnet(path)
-    assert loaded.config == tiny_model.config and not loaded.training
-    expected = tiny_model.state_dict()
+    assert loaded.config == tiny_syncnet.config and not loaded.training
+    expected = tiny_syncnet.state_dict()
     assert list(loaded.state_dict()) == list(expected)
     for key, tensor in loaded.state_dict().items():
         assert torch.equal(tensor, expected[key]), key
@@ -303,7 +297,7 @@ def test_save_load_round_trip(tmp_path, tiny_model, suffix):
 
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata()
-        assert json.loads(metadata["syncnet_config"]) == tiny_model.config and metadata["global_step"] == "7"
+        assert json.loads(metadata["syncnet_config"]) == tiny_syncnet.config and metadata["global_step"] == "7"
 
 
 def test_save_keeps_training_history_and_safetensors_carries_uninferable_configs(tmp_path):

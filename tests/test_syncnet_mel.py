@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import load_json, load_tensors
+from helpers.files import load_json, load_tensors, read_pcm16_wav
 from latentsync.audio import AudioHParams, crop_mel_window, mel_filterbank, mel_window_length, syncnet_melspectrogram
 from latentsync.errors import ConfigError, MediaError
-from conftest import read_pcm16_wav
 
 MEL_ATOL = 1e-9  # README §0, float64
 

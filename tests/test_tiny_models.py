@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 import latentsync
-from conftest import REPO_ROOT
+from helpers.files import REPO_ROOT
 from latentsync.errors import CheckpointError
 from latentsync.models.vae import DiffusersVAE
 

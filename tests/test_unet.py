@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import load_json, load_tensors
+from helpers.files import load_json, load_tensors
 
 from latentsync.errors import ConfigError
 from latentsync.models.attention import Transformer3DModel
@@ -34,11 +34,6 @@ LOW_PRECISION_ATOL = {torch.float16: 3e-2, torch.bfloat16: 2.5e-1}
 def build_on_meta(config: dict) -> UNet3DConditionModel:
     with torch.device("meta"):
         return UNet3DConditionModel.from_config(config)
-
-
-@pytest.fixture(scope="module")
-def tiny_unet(fixtures_dir):
-    return load_unet(fixtures_dir / "unet_tiny" / "latentsync_unet_tiny.pt")
 
 
 @pytest.fixture(scope="module")
@@ -141,9 +136,9 @@ def test_construction_init_matches_the_reference():
 
 
 @pytest.mark.parametrize("case", "abcd")
-def test_matches_the_reference_on_fixture_cases(tiny_unet, cases, case):
+def test_matches_the_reference_on_fixture_cases(fixture_unet, cases, case):
     recorded = {}
-    modules = dict(tiny_unet.named_modules())
+    modules = dict(fixture_unet.named_modules())
     hooks = [
         modules[name].register_forward_hook(
             lambda module, args, output, name=name: recorded.__setitem__(
@@ -154,7 +149,7 @@ def test_matches_the_reference_on_fixture_cases(tiny_unet, cases, case):
     ]
     try:
         with torch.no_grad():
-            out = tiny_unet(cases[f"{case}.sample"], cases[f"{case}.timestep"], cases[f"{case}.encoder_hidden_states"])
+            out = fixture_unet(cases[f"{case}.sample"], cases[f"{case}.timestep"], cases[f"{case}.encoder_hidden_states"])
     finally:
         for hook in hooks:
             hook.remove()
@@ -166,16 +161,16 @@ def test_matches_the_reference_on_fixture_cases(tiny_unet, cases, case):
             torch.testing.assert_close(recorded[name], cases[f"a.intermediate.{name}"], atol=1e-4, rtol=1e-4, msg=name)
 
 
-def test_timestep_forms_agree(tiny_unet):
+def test_timestep_forms_agree(fixture_unet):
     sample, audio = small_inputs(batch=2, frames=1, size=8)
     with torch.no_grad():
-        reference = tiny_unet(sample, torch.tensor([500, 500]), audio)
+        reference = fixture_unet(sample, torch.tensor([500, 500]), audio)
         for timestep in (500, 500.0, torch.tensor(500), torch.tensor([500])):
-            torch.testing.assert_close(tiny_unet(sample, timestep, audio), reference, atol=0, rtol=0)
-        mixed = tiny_unet(sample, torch.tensor([999, 1]), audio)
+            torch.testing.assert_close(fixture_unet(sample, timestep, audio), reference, atol=0, rtol=0)
+        mixed = fixture_unet(sample, torch.tensor([999, 1]), audio)
     assert not torch.allclose(mixed, reference)
     with pytest.raises(ValueError, match="timestep"):
-        tiny_unet(sample, torch.tensor([1, 2, 3]), audio)
+        fixture_unet(sample, torch.tensor([1, 2, 3]), audio)
 
 
 def test_each_frame_cross_attends_only_to_its_own_audio():
@@ -192,17 +187,17 @@ def test_each_frame_cross_attends_only_to_its_own_audio():
     assert differs[0, 0] == 0 and differs[0, 2] == 0 and not differs[1].any()
 
 
-def test_input_checks(tiny_unet):
+def test_input_checks(fixture_unet):
     sample, audio = small_inputs(frames=2, size=8)
     with pytest.raises(ValueError, match="sample"):
-        tiny_unet(sample[:, :4], 1, audio)
+        fixture_unet(sample[:, :4], 1, audio)
     with pytest.raises(ValueError, match="encoder_hidden_states"):
-        tiny_unet(sample, 1, audio[..., :16])
+        fixture_unet(sample, 1, audio[..., :16])
     with pytest.raises(ValueError, match="encoder_hidden_states"):
-        tiny_unet(sample, 1, audio.flatten(0, 1))
+        fixture_unet(sample, 1, audio.flatten(0, 1))
     long_sample, long_audio = small_inputs(frames=25, size=8)
     with pytest.raises(ConfigError, match="at most 24 frames"):
-        tiny_unet(long_sample, 1, long_audio)
+        fixture_unet(long_sample, 1, long_audio)
 
 
 class NaiveSoftmaxProcessor:
@@ -228,12 +223,12 @@ def test_attention_processor_can_be_swapped(fixtures_dir):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-def test_low_precision_is_finite_and_close_to_float32(fixtures_dir, tiny_unet, cases, dtype):
+def test_low_precision_is_finite_and_close_to_float32(fixtures_dir, fixture_unet, cases, dtype):
     sample, timestep, audio = cases["a.sample"][:, :, :4], cases["a.timestep"], cases["a.encoder_hidden_states"][:, :4]
     unet = load_unet(fixtures_dir / "unet_tiny" / "latentsync_unet_tiny.pt", dtype=dtype)
     assert {p.dtype for p in unet.state_dict().values()} == {dtype}
     with torch.no_grad():
-        reference = tiny_unet(sample, timestep, audio)
+        reference = fixture_unet(sample, timestep, audio)
         out = unet(sample.to(dtype), timestep, audio.to(dtype))
     assert out.dtype == dtype and torch.isfinite(out).all()
     torch.testing.assert_close(out.float(), reference, atol=LOW_PRECISION_ATOL[dtype], rtol=0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import load_json
+from helpers.files import load_json
 from safetensors.torch import save_file
 
 from latentsync.errors import CheckpointError

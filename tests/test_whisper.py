@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import load_json, load_tensors, read_pcm16_wav
+from helpers.files import load_json, load_tensors, read_pcm16_wav
 from latentsync.audio import (
     WhisperAudioEncoder,
     feature_chunks,

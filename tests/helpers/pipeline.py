@@ -1,4 +1,4 @@
-"""Helpers for the pipeline tests: tiny random models, a synthetic talking "face" clip and a detector for it.
+"""Helpers for the pipeline tests: stand-in models, a synthetic talking "face" clip and a detector for it.
 
 The clip is drawn, not filmed: a smooth background, a skin-coloured ellipse with eyes and a mouth (the face, present
 in the frames asked for), and the frame's index as eight black/white blocks along the top edge, far from the face,
@@ -14,7 +14,6 @@ from pathlib import Path
 
 import av
 import numpy as np
-import pytest
 import torch
 
 from latentsync.face.detectors import Face, FaceDetector
@@ -169,21 +168,3 @@ def decode_frames(path: Path) -> list[np.ndarray]:
     """Every frame of a (short) video as RGB uint8, decoded as the pipeline decodes its input."""
     with VideoReader(path) as reader:
         return [rgb for _, rgb in reader.frames()]
-
-
-@pytest.fixture(scope="session")
-def tiny_models_dir(tmp_path_factory) -> Path:
-    """A models folder with tiny random-weight models in the official layout (`latentsync.tiny`)."""
-    from latentsync.tiny import make_tiny_models
-
-    folder = tmp_path_factory.mktemp("tiny_models")
-    make_tiny_models(folder, seed=3)
-    return folder
-
-
-@pytest.fixture(scope="session")
-def tiny_models(tiny_models_dir):
-    """The tiny models, loaded on the CPU in float32 at resolution 256."""
-    from latentsync.pipeline.models import load_models
-
-    return load_models(tiny_models_dir, resolution=256)
