@@ -1,7 +1,7 @@
 """Every face of a clip: small faces (tiles, zoomed passes), stable track ids, the track table and the faces CLI.
 
-Scenes are made from the real demo clips (`face_scenes`): demo1 and demo2 side by side at different sizes, demo2
-leaving the frame and coming back.
+Scenes are made from the real demo clips (`helpers.face_scenes`): demo1 and demo2 side by side at different sizes,
+demo2 leaving the frame and coming back.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT
-from face_scenes import Head, Placement, compose, head_frames, two_face_scene, write_scene
+from helpers.face_scenes import Head, Placement, compose, head_frames, two_face_scene, write_scene
+from helpers.files import REPO_ROOT
 
 from latentsync.errors import ConfigError
 from latentsync.face.detectors import Face, FaceFilter, create_face_detector

@@ -169,7 +169,7 @@ def test_window_embedder_gaps_and_batches(tiny_syncnet):
     assert (embedder.num_faces, embedder.longest_run) == (38, 20)
     windows = torch.stack([faces[s : s + spec.num_frames] for s in starts]).float() / 127.5 - 1
     with torch.no_grad():
-        direct = syncnet.visual_encoder(pack_frames(windows, lower_half=True)).flatten(1)
+        direct = tiny_syncnet.visual_encoder(pack_frames(windows, lower_half=True)).flatten(1)
     torch.testing.assert_close(embeds, torch.nn.functional.normalize(direct, dim=1), atol=1e-5, rtol=0)
 
 

@@ -149,7 +149,9 @@ def test_matches_the_reference_on_fixture_cases(fixture_unet, cases, case):
     ]
     try:
         with torch.no_grad():
-            out = fixture_unet(cases[f"{case}.sample"], cases[f"{case}.timestep"], cases[f"{case}.encoder_hidden_states"])
+            out = fixture_unet(
+                cases[f"{case}.sample"], cases[f"{case}.timestep"], cases[f"{case}.encoder_hidden_states"]
+            )
     finally:
         for hook in hooks:
             hook.remove()

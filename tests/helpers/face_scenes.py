@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from latentsync.media import VideoReader
-from media_synth import _encode_audio
+from .media import _encode_audio
 
 # The face box of frame 0 of each demo clip (1080 x 1920, MediaPipe's BlazeFace), and how much around it a head
 # cut-out keeps (demo2 moves more).
