@@ -1,7 +1,7 @@
 """Small-face recall: how many faces of each height the detector finds in wide shots, with and without tiles.
 
-Wide shots are generated from the real demo clips (``tests/face_scenes.py``): a demo head, cut out around its face,
-is scaled so its face is ``H`` pixels tall and pasted at a random place on a plain frame. The true box is the face
+Wide shots are generated from the real demo clips (``tests/helpers/face_scenes.py``): a demo head, cut out around its
+face, is scaled so its face is ``H`` pixels tall and pasted at a random place on a plain frame. The true box is the face
 the detector finds in the unscaled cut-out, scaled the same way; a face counts as found when a detected box overlaps
 it by IoU >= 0.3. Three ways to detect are compared:
 
@@ -24,7 +24,7 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "tests")]
 
-from face_scenes import Head, Placement, compose, head_frames  # noqa: E402
+from helpers.face_scenes import Head, Placement, compose, head_frames  # noqa: E402
 
 from latentsync.face.detectors import FaceFilter, create_face_detector  # noqa: E402
 from latentsync.face.search import FaceSearch, box_iou  # noqa: E402

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from pipeline_models import SyntheticFaceDetector, face_frame
+from helpers.pipeline import SyntheticFaceDetector, face_frame
 
 from latentsync.face.align import FaceAligner
 from latentsync.pipeline.faces import FacePreparer
