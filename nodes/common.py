@@ -15,8 +15,8 @@ from comfy.utils import ProgressBar
 from comfy_api.latest import io
 from PIL import Image
 
-from ..latentsync.errors import ConfigError
-from .data import StepProgress, setting_widget
+from .convert import check_video_path
+from .data import StepProgress, latentsync_file_kind, setting_widget
 
 CATEGORY = "LatentSync"
 
@@ -55,23 +55,34 @@ register_model_folder(MODEL_FOLDER, MODEL_EXTENSIONS, own_extensions=True)
 register_model_folder(INSIGHTFACE_FOLDER, {".onnx"}, own_extensions=False)
 
 
-def model_files(folder: str, prefer: str = "") -> tuple[list[str], str | None]:
-    """The files of a model folder and the default to show: the first whose name contains ``prefer``."""
-    files = folder_paths.get_filename_list(folder)
-    default = next((name for name in files if prefer in name.lower()), files[0] if files else None)
-    return files, default
-
-
-def model_file_problem(folder: str, name: str) -> str | None:
-    """Why ``name`` cannot be loaded from ``folder`` (for ``validate_inputs``), or None."""
-    if folder_paths.get_full_path(folder, name) is not None:
-        return None
-    places = ", ".join(folder_paths.get_folder_paths(folder))
-    return f"'{name}' is not in the '{folder}' model folder ({places}). Put the file there and refresh."
+def latentsync_files(kind: str) -> tuple[list[str], str | None]:
+    """The files of ``models/latentsync`` that hold a model of ``kind`` (`latentsync_file_kind`) and the default to
+    show: the first whose name contains ``kind``."""
+    files = [name for name in folder_paths.get_filename_list(MODEL_FOLDER) if latentsync_file_kind(name) == kind]
+    return files, next((name for name in files if kind in name.lower()), files[0] if files else None)
 
 
 def full_path(folder: str, name: str) -> Path:
     return Path(folder_paths.get_full_path_or_raise(folder, name))
+
+
+def comfy_video_path(path: str | os.PathLike) -> Path:
+    """The file of a VIDEO input if it lies in ComfyUI's input, output or temp folder (`check_video_path`)."""
+    folders = [folder_paths.get_input_directory(), folder_paths.get_output_directory()]
+    return check_video_path(path, [*folders, folder_paths.get_temp_directory()])
+
+
+class Choice(io.Combo.Input):
+    """A dropdown whose value ComfyUI checks against its options when a prompt is queued.
+
+    ComfyUI 0.3.64 checks a value only for inputs typed by their list of options (the V1 form of a combo); a V3
+    ``Combo.Input`` is typed ``"COMBO"`` and reaches ``execute`` with any value an API caller sends. Typed by its
+    options, a wrong value is refused with HTTP 400 on that input alone (``value_not_in_list``); a
+    ``validate_inputs`` would flag every input it names.
+    """
+
+    def get_io_type(self):
+        return list(self.options)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -83,7 +94,7 @@ def setting_input(name: str, display_name: str | None = None, widget: dict | Non
     from ``widget``, `setting_widget` of another table)."""
     options = {**(widget or setting_widget(name)), **overrides}
     if "options" in options:
-        return io.Combo.Input(name, display_name=display_name, **options)
+        return Choice(name, display_name=display_name, **options)
     if isinstance(options["default"], bool):
         return io.Boolean.Input(name, display_name=display_name, **options)
     if isinstance(options["default"], float):
@@ -118,13 +129,6 @@ def landmark_filter_input() -> io.Input:
 
 def policy_inputs() -> list[io.Input]:
     return [setting_input("long_audio"), setting_input("short_audio"), setting_input("no_face")]
-
-
-def check_choice(name: str, value, options) -> None:
-    """Raise `ConfigError` unless ``value`` is one of ``options`` (ComfyUI does not check V3 combo values; a
-    ``validate_inputs`` would attach its message to every input it names, so combos are checked when they run)."""
-    if value not in options:
-        raise ConfigError(f"{name} must be one of {list(options)}, got {value!r}.")
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ Nothing here imports ComfyUI (the unit tests load this module without it)::
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 import shutil
 from collections.abc import Iterator, Sequence
@@ -158,7 +159,23 @@ def as_fps(value) -> Fraction:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Scratch files
+# Files
+
+
+def check_video_path(path: str | os.PathLike, folders: Sequence[str | os.PathLike]) -> Path:
+    """The file of a VIDEO input, with links and ``..`` resolved, if it lies inside one of ``folders`` (ComfyUI's
+    input, output and temp folders).
+
+    Raises:
+        MediaError: it lies elsewhere (an absolute or ``../`` file name, or a link out of the folders).
+    """
+    resolved = Path(os.path.realpath(path))
+    if any(resolved.is_relative_to(os.path.realpath(folder)) for folder in folders):
+        return resolved
+    raise MediaError(
+        f"The video file {Path(path).name!r} is outside ComfyUI's input, output and temp folders, and LatentSync "
+        "reads no other files: put the video in ComfyUI's input folder and load it from there."
+    )
 
 
 @contextlib.contextmanager

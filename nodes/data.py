@@ -18,11 +18,10 @@ A ModelPatcher manages a `ManagedModule` holding the model (``patcher.model.modu
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from fractions import Fraction
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -232,7 +231,7 @@ class PreparedFacesReplay:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Progress and model caching
+# Progress and model files
 
 
 class StepProgress:
@@ -256,29 +255,20 @@ def num_model_frames(num_output_frames: int, fps: Fraction) -> int:
     return math.ceil(num_output_frames * MODEL_FPS / Fraction(fps))
 
 
-def file_key(path: os.PathLike | str) -> tuple[str, int, int]:
-    """Identity of a model file for caching: path, modification time and size."""
-    stat = os.stat(path)
-    return str(path), stat.st_mtime_ns, stat.st_size
-
-
-class ModelCache:
-    """The last loaded model of each kind, reused while its key (file, options) stays the same.
-
-    The all-in-one node reloads nothing when only a setting changed; loading another file drops the previous one
-    first, so two versions of a model are never held at once.
-    """
-
-    def __init__(self):
-        self._entries: dict[str, tuple[Any, Any]] = {}
-
-    def get(self, kind: str, key, load: Callable[[], Any]):
-        entry = self._entries.get(kind)
-        if entry is None or entry[0] != key:
-            self._entries.pop(kind, None)
-            entry = (key, load())
-            self._entries[kind] = entry
-        return entry[1]
+def latentsync_file_kind(name: str) -> str | None:
+    """What the file ``name`` of ``models/latentsync`` (a path inside it) holds, by the names of ByteDance's
+    release (``latentsync_unet.pt``, ``whisper/tiny.pt``, ``stable_syncnet.pt``) and of training exports (``unet.pt``,
+    ``syncnet.safetensors``): ``"whisper"`` when the file or a folder on its path is named after Whisper,
+    ``"syncnet"`` when the file is named after SyncNet, None in the release's ``auxiliary/`` folder (helpers of
+    the official scripts), else ``"unet"``."""
+    parts = [part.lower() for part in PurePosixPath(name.replace("\\", "/")).parts]
+    if any("whisper" in part for part in parts):
+        return "whisper"
+    if "syncnet" in parts[-1]:
+        return "syncnet"
+    if parts[0] == "auxiliary":
+        return None
+    return "unet"
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 
 Models are wrapped in ComfyUI ``ModelPatcher``s: ComfyUI moves them to the GPU when a node needs them
 (``load_models_gpu``), offloads them to the CPU when another model needs the memory, and applies LoRAs as weight
-patches it can undo. Loaded models are also kept in `MODELS` (the last one of each kind), so the all-in-one node
-does not reload them when only a setting changed.
+patches it can undo. The pack keeps no model itself: a loaded model lives in ComfyUI's cache of node outputs
+(and in its model memory), so ComfyUI releases it when the graph no longer uses it or the user frees memory.
 """
 
 from __future__ import annotations
@@ -39,17 +39,15 @@ from .common import (
     MODEL_FOLDER,
     SYNCNET,
     VAE,
-    check_choice,
+    Choice,
     full_path,
-    model_file_problem,
-    model_files,
+    latentsync_files,
     setting_input,
 )
-from .data import LatentSyncModel, ManagedModule, ModelCache, file_key
+from .data import LatentSyncModel, ManagedModule
 
 logger = logging.getLogger(__name__)
 
-MODELS = ModelCache()
 DEVICES = (AUTO, "cpu")
 RESOLUTIONS = (AUTO, *(str(r) for r in SETTING_SPECS["resolution"].choices))
 DEFAULT_INSIGHTFACE_MODEL = "buffalo_l"
@@ -62,7 +60,6 @@ DEVICE_TOOLTIP = (
 
 def model_devices(device: str) -> tuple[torch.device, torch.device]:
     """``(load device, offload device)`` for a device choice."""
-    check_choice("device", device, DEVICES)
     if device == "cpu":
         return torch.device("cpu"), torch.device("cpu")
     return model_management.get_torch_device(), model_management.unet_offload_device()
@@ -70,7 +67,6 @@ def model_devices(device: str) -> tuple[torch.device, torch.device]:
 
 def model_dtype(dtype: str, load_device: torch.device) -> torch.dtype:
     """The UNet dtype of a dtype choice; ``auto`` is ComfyUI's pick for diffusion models on ``load_device``."""
-    check_choice("dtype", dtype, SETTING_SPECS["dtype"].choices)
     if dtype != AUTO:
         return DTYPES[dtype]
     return model_management.unet_dtype(load_device, supported_dtypes=[torch.float16, torch.bfloat16, torch.float32])
@@ -83,16 +79,11 @@ def managed(module: torch.nn.Module, device: str) -> ModelPatcher:
 
 
 def load_model(unet_name: str, resolution: str = AUTO, dtype: str = AUTO, device: str = AUTO) -> LatentSyncModel:
-    """The UNet ``unet_name`` of ``models/latentsync`` as a `LatentSyncModel` (cached in `MODELS`)."""
+    """The UNet ``unet_name`` of ``models/latentsync`` as a `LatentSyncModel`."""
     path = full_path(MODEL_FOLDER, unet_name)
     load_device, offload_device = model_devices(device)
     torch_dtype = model_dtype(dtype, load_device)
-
-    def load() -> ModelPatcher:
-        return managed(load_unet(path, device=offload_device, dtype=torch_dtype), device)
-
-    patcher = MODELS.get("unet", (file_key(path), torch_dtype, device), load)
-    check_choice("resolution", resolution, RESOLUTIONS)
+    patcher = managed(load_unet(path, device=offload_device, dtype=torch_dtype), device)
     if resolution == AUTO:
         size, reason = infer_resolution(path)
     else:
@@ -102,12 +93,9 @@ def load_model(unet_name: str, resolution: str = AUTO, dtype: str = AUTO, device
 
 
 def load_audio_encoder(whisper_name: str, device: str = AUTO) -> ModelPatcher:
-    """The Whisper checkpoint ``whisper_name`` of ``models/latentsync`` in a ModelPatcher (float32, cached)."""
+    """The Whisper checkpoint ``whisper_name`` of ``models/latentsync`` in a ModelPatcher (float32)."""
     path = full_path(MODEL_FOLDER, whisper_name)
-    offload_device = model_devices(device)[1]
-    return MODELS.get(
-        "whisper", (file_key(path), device), lambda: managed(load_whisper(path, device=offload_device), device)
-    )
+    return managed(load_whisper(path, device=model_devices(device)[1]), device)
 
 
 def vae_choices() -> list[str]:
@@ -121,14 +109,6 @@ def vae_choices() -> list[str]:
     return sorted(folders) + files
 
 
-def vae_problem(name: str) -> str | None:
-    """Why ``name`` is not a VAE of `vae_choices` (for ``validate_inputs``), or None."""
-    if name in vae_choices():
-        return None
-    places = ", ".join(folder_paths.get_folder_paths("vae"))
-    return f"'{name}' is neither a VAE file nor a diffusers VAE folder in the 'vae' model folder ({places})."
-
-
 def vae_path(name: str) -> Path:
     """The diffusers folder or file ``name`` of `vae_choices`."""
     for root in folder_paths.get_folder_paths("vae"):
@@ -138,16 +118,14 @@ def vae_path(name: str) -> Path:
 
 
 def load_managed_vae(vae_name: str, dtype: str = AUTO, device: str = AUTO) -> ModelPatcher:
-    """A VAE of ``models/vae`` as the diffusers ``AutoencoderKL`` LatentSync uses, in a ModelPatcher (cached)."""
+    """A VAE of ``models/vae`` as the diffusers ``AutoencoderKL`` LatentSync uses, in a ModelPatcher."""
     path = vae_path(vae_name)
     load_device, offload_device = model_devices(device)
-    check_choice("dtype", dtype, SETTING_SPECS["dtype"].choices)
     if dtype == AUTO:
         torch_dtype = model_management.vae_dtype(load_device, [torch.float16, torch.bfloat16, torch.float32])
     else:
         torch_dtype = DTYPES[dtype]
-    key = (str(path), path.stat().st_mtime_ns, torch_dtype, device)
-    return MODELS.get("vae", key, lambda: managed(load_vae(path, device=offload_device, dtype=torch_dtype), device))
+    return managed(load_vae(path, device=offload_device, dtype=torch_dtype), device)
 
 
 def insightface_models() -> list[str]:
@@ -161,66 +139,63 @@ def insightface_models() -> list[str]:
 
 
 def insightface_dir(name: str) -> Path:
-    """The folder of InsightFace model ``name``; raises `CheckpointError` saying where to put it."""
+    """The folder of InsightFace model ``name``, one of `insightface_models` (a name, never a path); raises
+    `CheckpointError` saying where to put it."""
     roots = folder_paths.get_folder_paths(INSIGHTFACE_FOLDER)
-    for root in roots:
-        folder = Path(root, "models", name)
-        if (folder / DETECTION_MODEL_FILE).is_file() and (folder / LANDMARK_MODEL_FILE).is_file():
-            return folder
-    places = " or ".join(str(Path(root, "models", name)) for root in roots)
+    if name in insightface_models():
+        for root in roots:
+            folder = Path(root, "models", name)
+            if (folder / DETECTION_MODEL_FILE).is_file() and (folder / LANDMARK_MODEL_FILE).is_file():
+                return folder
+    places = " or ".join(str(Path(root, "models", DEFAULT_INSIGHTFACE_MODEL)) for root in roots)
     raise CheckpointError(
-        f"InsightFace model '{name}' not found: put {DETECTION_MODEL_FILE} and {LANDMARK_MODEL_FILE} (from "
-        f"InsightFace's buffalo_l) in {places}, or use the mediapipe detector."
+        f"InsightFace model {name!r} not found: put {DETECTION_MODEL_FILE} and {LANDMARK_MODEL_FILE} of InsightFace's "
+        f"buffalo_l in {places} and refresh, or choose the mediapipe detector."
     )
 
 
 def load_face_detector(detector: str, insightface_model: str = DEFAULT_INSIGHTFACE_MODEL) -> FaceDetector:
-    """A face detector by name (cached); InsightFace reads its models from ``models/insightface/models``."""
+    """A face detector by name; InsightFace reads its models from ``models/insightface/models``."""
     if detector == "insightface":
-        folder = insightface_dir(insightface_model)
-        return MODELS.get("detector", (detector, str(folder)), lambda: create_face_detector(detector, model_dir=folder))
-    return MODELS.get("detector", (detector,), lambda: create_face_detector(detector))
+        return create_face_detector(detector, model_dir=insightface_dir(insightface_model))
+    return create_face_detector(detector)
 
 
 class LatentSyncModelLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        files, default = model_files(MODEL_FOLDER, prefer="unet")
+        files, default = latentsync_files("unet")
         return io.Schema(
             node_id="LatentSyncModelLoader",
             display_name="LatentSync Model Loader",
             category=CATEGORY,
             description="Loads a LatentSync 1.5 / 1.6 UNet (latentsync_unet.pt) from models/latentsync.",
             inputs=[
-                io.Combo.Input(
+                Choice(
                     "unet_name",
                     options=files,
                     default=default,
                     tooltip="The UNet checkpoint in models/latentsync (latentsync_unet.pt of ByteDance/LatentSync-1.5 "
                     "or -1.6, or a fine-tune of it).",
                 ),
-                io.Combo.Input(
+                Choice(
                     "resolution",
                     options=list(RESOLUTIONS),
                     default=AUTO,
                     tooltip="Face resolution the UNet was trained at: 256 for LatentSync 1.5, 512 for 1.6. auto reads "
                     "a sidecar latentsync_unet.json or a version in the file or folder name, else assumes 256.",
                 ),
-                io.Combo.Input(
+                Choice(
                     "dtype",
                     options=list(SETTING_SPECS["dtype"].choices),
                     default=AUTO,
                     tooltip="Precision of the UNet. auto: what ComfyUI uses for diffusion models on the device "
                     "(float16 on most GPUs, float32 on the CPU).",
                 ),
-                io.Combo.Input("device", options=list(DEVICES), default=AUTO, tooltip=DEVICE_TOOLTIP),
+                Choice("device", options=list(DEVICES), default=AUTO, tooltip=DEVICE_TOOLTIP),
             ],
             outputs=[MODEL.Output(display_name="model", tooltip="The UNet, managed by ComfyUI's model memory.")],
         )
-
-    @classmethod
-    def validate_inputs(cls, unet_name):
-        return model_file_problem(MODEL_FOLDER, unet_name) or True
 
     @classmethod
     def execute(cls, unet_name, resolution, dtype, device) -> io.NodeOutput:
@@ -240,27 +215,23 @@ class LatentSyncVAELoader(io.ComfyNode):
             "a single file from models/vae or a diffusers folder there (config.json + weights). Load VAE works "
             "too; this one also reads diffusers folders of any size.",
             inputs=[
-                io.Combo.Input(
+                Choice(
                     "vae_name",
                     options=choices,
                     default=default,
                     tooltip="vae-ft-mse-840000-ema-pruned.safetensors, or the sd-vae-ft-mse diffusers folder, in "
                     "models/vae.",
                 ),
-                io.Combo.Input(
+                Choice(
                     "dtype",
                     options=list(SETTING_SPECS["dtype"].choices),
                     default=AUTO,
                     tooltip="Precision of the VAE. auto: what ComfyUI uses for VAEs on the device.",
                 ),
-                io.Combo.Input("device", options=list(DEVICES), default=AUTO, tooltip=DEVICE_TOOLTIP),
+                Choice("device", options=list(DEVICES), default=AUTO, tooltip=DEVICE_TOOLTIP),
             ],
             outputs=[VAE.Output(display_name="vae", tooltip="The VAE, for the LatentSync samplers.")],
         )
-
-    @classmethod
-    def validate_inputs(cls, vae_name):
-        return vae_problem(vae_name) or True
 
     @classmethod
     def execute(cls, vae_name, dtype, device) -> io.NodeOutput:
@@ -270,28 +241,24 @@ class LatentSyncVAELoader(io.ComfyNode):
 class LatentSyncAudioEncoderLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        files, default = model_files(MODEL_FOLDER, prefer="whisper")
+        files, default = latentsync_files("whisper")
         return io.Schema(
             node_id="LatentSyncAudioEncoderLoader",
             display_name="LatentSync Audio Encoder Loader",
             category=CATEGORY,
             description="Loads the Whisper encoder (whisper/tiny.pt) whose features drive the UNet.",
             inputs=[
-                io.Combo.Input(
+                Choice(
                     "whisper_name",
                     options=files,
                     default=default,
                     tooltip="OpenAI Whisper checkpoint in models/latentsync: whisper/tiny.pt of ByteDance/LatentSync "
                     "(whisper/small.pt for a 768-wide UNet).",
                 ),
-                io.Combo.Input("device", options=list(DEVICES), default=AUTO, tooltip=DEVICE_TOOLTIP),
+                Choice("device", options=list(DEVICES), default=AUTO, tooltip=DEVICE_TOOLTIP),
             ],
             outputs=[AUDIO_ENCODER.Output(display_name="audio_encoder", tooltip="The Whisper audio encoder.")],
         )
-
-    @classmethod
-    def validate_inputs(cls, whisper_name):
-        return model_file_problem(MODEL_FOLDER, whisper_name) or True
 
     @classmethod
     def execute(cls, whisper_name, device) -> io.NodeOutput:
@@ -315,7 +282,7 @@ class LatentSyncFaceDetectorLoader(io.ComfyNode):
                     tooltip="mediapipe: offline, nothing to download (default). insightface: the reference's detector "
                     "(needs onnxruntime and InsightFace's buffalo_l models in models/insightface/models).",
                 ),
-                io.Combo.Input(
+                Choice(
                     "insightface_model",
                     options=insightface,
                     default=default,
@@ -327,16 +294,6 @@ class LatentSyncFaceDetectorLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, face_detector, insightface_model):
-        if face_detector != "insightface" or insightface_model in insightface_models():
-            return True
-        try:
-            insightface_dir(insightface_model)
-        except CheckpointError as error:
-            return str(error)
-        return True
-
-    @classmethod
     def execute(cls, face_detector, insightface_model) -> io.NodeOutput:
         return io.NodeOutput(load_face_detector(face_detector, insightface_model))
 
@@ -344,27 +301,23 @@ class LatentSyncFaceDetectorLoader(io.ComfyNode):
 class LatentSyncSyncNetLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        files, default = model_files(MODEL_FOLDER, prefer="syncnet")
+        files, default = latentsync_files("syncnet")
         return io.Schema(
             node_id="LatentSyncSyncNetLoader",
             display_name="LatentSync SyncNet Loader",
             category=CATEGORY,
             description="Loads StableSyncNet (stable_syncnet.pt), the lip-sync judge used by LatentSync Sync Score.",
             inputs=[
-                io.Combo.Input(
+                Choice(
                     "syncnet_name",
                     options=files,
                     default=default,
                     tooltip="stable_syncnet.pt of ByteDance/LatentSync, in models/latentsync.",
                 ),
-                io.Combo.Input("device", options=list(DEVICES), default=AUTO, tooltip=DEVICE_TOOLTIP),
+                Choice("device", options=list(DEVICES), default=AUTO, tooltip=DEVICE_TOOLTIP),
             ],
             outputs=[SYNCNET.Output(display_name="syncnet", tooltip="The SyncNet.")],
         )
-
-    @classmethod
-    def validate_inputs(cls, syncnet_name):
-        return model_file_problem(MODEL_FOLDER, syncnet_name) or True
 
     @classmethod
     def execute(cls, syncnet_name, device) -> io.NodeOutput:
@@ -375,7 +328,8 @@ class LatentSyncSyncNetLoader(io.ComfyNode):
 class LatentSyncLoRA(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        files, default = model_files(LORA_FOLDER, prefer="latentsync")
+        files = folder_paths.get_filename_list(LORA_FOLDER)
+        default = next((name for name in files if "latentsync" in name.lower()), files[0] if files else None)
         return io.Schema(
             node_id="LatentSyncLoRA",
             display_name="LatentSync LoRA",
@@ -384,7 +338,7 @@ class LatentSyncLoRA(io.ComfyNode):
             "UNet is not changed: the LoRA is a weight patch of a copy, undone when another copy runs.",
             inputs=[
                 MODEL.Input("model", tooltip="The UNet to adapt."),
-                io.Combo.Input(
+                Choice(
                     "lora_name",
                     options=files,
                     default=default,
@@ -401,10 +355,6 @@ class LatentSyncLoRA(io.ComfyNode):
             ],
             outputs=[MODEL.Output(display_name="model", tooltip="The UNet with the LoRA applied.")],
         )
-
-    @classmethod
-    def validate_inputs(cls, lora_name):
-        return model_file_problem(LORA_FOLDER, lora_name) or True
 
     @classmethod
     def execute(cls, model: LatentSyncModel, lora_name, strength) -> io.NodeOutput:

@@ -9,7 +9,8 @@ Which to use:
   encoded as they stream (memory does not grow with the length); the output keeps the source's size, frame rate
   and the original-quality audio.
 * **LatentSync LipSync** the same streaming run with the model files picked by name, for a three-node graph
-  (Load Video → LipSync → Save Video).
+  (Load Video → LipSync → Save Video). It expands into the loaders and the Video Sampler when it runs, so
+  ComfyUI caches the loaded models as it caches any loader's output.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 from comfy import model_management
 from comfy.model_patcher import ModelPatcher
 from comfy_api.latest import InputImpl, io
+from comfy_execution.graph_utils import GraphBuilder
 
 from ..latentsync.errors import ConfigError, MediaError
 from ..latentsync.face.detectors import FaceDetector
@@ -32,7 +34,7 @@ from ..latentsync.media.timeline import Timeline, plan_timeline
 from ..latentsync.media.video import probe_video
 from ..latentsync.pipeline.lipsync import LipSyncPipeline
 from ..latentsync.pipeline.report import LipSyncReport
-from ..latentsync.pipeline.settings import LipSyncSettings
+from ..latentsync.pipeline.settings import AUTO, LipSyncSettings
 from ..latentsync.pipeline.speed import EXACT, SPEED_SPECS, SpeedSettings
 from ..latentsync.pipeline.timing import StageClock
 from .common import (
@@ -42,13 +44,13 @@ from .common import (
     FACE_DETECTOR,
     FACES,
     MODEL,
-    MODEL_FOLDER,
     SPEED,
+    Choice,
     SamplingProgress,
+    comfy_video_path,
     generation_inputs,
     landmark_filter_input,
-    model_file_problem,
-    model_files,
+    latentsync_files,
     policy_inputs,
     setting_input,
     vae_input,
@@ -63,7 +65,7 @@ from .data import (
     num_model_frames,
     setting_widget,
 )
-from .loaders import load_audio_encoder, load_face_detector, load_managed_vae, load_model, vae_choices, vae_problem
+from .loaders import DEFAULT_INSIGHTFACE_MODEL, vae_choices
 from .prepare import fps_input
 from .vae_codecs import vae_codec
 
@@ -91,11 +93,12 @@ def check_audio_width(model: LatentSyncModel, width: int) -> None:
 
 
 def video_file(video, scratch: Path) -> Path:
-    """A file of ``video`` the library can stream: Load Video's own file, else the video written to ``scratch``."""
+    """A file of ``video`` the library can stream: Load Video's own file (if it lies in ComfyUI's folders), else the
+    video written to ``scratch``."""
     if isinstance(video, InputImpl.VideoFromFile):
         source = video.get_stream_source()
         if isinstance(source, str):
-            return Path(source)
+            return comfy_video_path(source)
         path = scratch / "source_video"
         path.write_bytes(source.getbuffer())
         return path
@@ -293,33 +296,34 @@ class LatentSyncVideoSampler(io.ComfyNode):
 class LatentSyncLipSync(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        unets, unet_default = model_files(MODEL_FOLDER, prefer="unet")
-        whispers, whisper_default = model_files(MODEL_FOLDER, prefer="whisper")
+        unets, unet_default = latentsync_files("unet")
+        whispers, whisper_default = latentsync_files("whisper")
         vaes = vae_choices()
         vae_default = next((name for name in vaes if "mse" in name.lower()), vaes[0] if vaes else None)
         return io.Schema(
             node_id="LatentSyncLipSync",
+            enable_expand=True,
             display_name="LatentSync LipSync (all-in-one)",
             category=CATEGORY,
-            description="Load Video → this → Save Video: loads the models by name (kept loaded between runs) and "
-            "streams the video like LatentSync Video Sampler. Use the separate nodes to reuse models, add a LoRA or "
-            "work on IMAGE frames.",
+            description="Load Video → this → Save Video: loads the models by name (cached by ComfyUI between runs) "
+            "and streams the video like LatentSync Video Sampler. Use the separate nodes to reuse models, add a LoRA "
+            "or work on IMAGE frames.",
             inputs=[
                 io.Video.Input("video", tooltip=VIDEO_TOOLTIP),
-                io.Combo.Input(
+                Choice(
                     "unet_name",
                     options=unets,
                     default=unet_default,
                     tooltip="UNet in models/latentsync (latentsync_unet.pt of LatentSync 1.5 or 1.6; the face "
                     "resolution is read from a sidecar .json or the file's path, else 256).",
                 ),
-                io.Combo.Input(
+                Choice(
                     "whisper_name",
                     options=whispers,
                     default=whisper_default,
                     tooltip="Whisper checkpoint in models/latentsync (whisper/tiny.pt).",
                 ),
-                io.Combo.Input(
+                Choice(
                     "vae_name",
                     options=vaes,
                     default=vae_default,
@@ -342,24 +346,26 @@ class LatentSyncLipSync(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, unet_name, whisper_name, vae_name):
-        problems = [
-            model_file_problem(MODEL_FOLDER, unet_name),
-            model_file_problem(MODEL_FOLDER, whisper_name),
-            vae_problem(vae_name),
-        ]
-        return "; ".join(problem for problem in problems if problem) or True
-
-    @classmethod
-    def execute(
-        cls, video, unet_name, whisper_name, vae_name, face_detector, audio=None, speed=EXACT, **settings
-    ) -> io.NodeOutput:
-        model = load_model(unet_name)
-        detector = load_face_detector(face_detector)
-        settings = run_settings(model, face_detector=face_detector, **settings)
-        encoder = load_audio_encoder(whisper_name)
-        vae = load_managed_vae(vae_name)
-        return io.NodeOutput(lipsync_video(model, vae, encoder, detector, video, audio, settings, speed))
+    def execute(cls, video, unet_name, whisper_name, vae_name, face_detector, **inputs) -> io.NodeOutput:
+        """Run as the graph loaders → LatentSync Video Sampler (a node expansion: ComfyUI caches the loaders'
+        models, so a changed setting reloads nothing)."""
+        graph = GraphBuilder()
+        model = graph.node("LatentSyncModelLoader", unet_name=unet_name, resolution=AUTO, dtype=AUTO, device=AUTO)
+        vae = graph.node("LatentSyncVAELoader", vae_name=vae_name, dtype=AUTO, device=AUTO)
+        encoder = graph.node("LatentSyncAudioEncoderLoader", whisper_name=whisper_name, device=AUTO)
+        detector = graph.node(
+            "LatentSyncFaceDetectorLoader", face_detector=face_detector, insightface_model=DEFAULT_INSIGHTFACE_MODEL
+        )
+        sampler = graph.node(
+            "LatentSyncVideoSampler",
+            model=model.out(0),
+            vae=vae.out(0),
+            audio_encoder=encoder.out(0),
+            face_detector=detector.out(0),
+            video=video,
+            **{name: value for name, value in inputs.items() if value is not None},
+        )
+        return io.NodeOutput(sampler.out(0), expand=graph.finalize())
 
 
 class LatentSyncSpeed(io.ComfyNode):

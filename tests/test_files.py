@@ -29,7 +29,8 @@ def write_score_json(path: Path) -> Path:
 
 
 def write_checkpoint(path: Path) -> Path:
-    return save_checkpoint({"w": torch.zeros(2)}, path.with_suffix(".safetensors"), container={}, metadata={}, what="test")
+    target = path.with_suffix(".safetensors")
+    return save_checkpoint({"w": torch.zeros(2)}, target, container={}, metadata={}, what="test")
 
 
 def write_training_config(path: Path) -> Path:

@@ -148,3 +148,19 @@ def test_scratch_folder_is_removed_however_the_block_ends(tmp_path, ending):
         pass
     assert made and made[0].parent == tmp_path and not made[0].exists()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_video_files_outside_comfys_folders_are_refused(tmp_path):
+    input_dir, output_dir, elsewhere = tmp_path / "input", tmp_path / "output", tmp_path / "secret"
+    for folder in (input_dir, output_dir, elsewhere):
+        folder.mkdir()
+        (folder / "clip.mp4").write_bytes(b"")
+    (input_dir / "sub").mkdir()
+    (input_dir / "escape.mp4").symlink_to(elsewhere / "clip.mp4")
+    folders = [input_dir, output_dir]
+    assert convert.check_video_path(input_dir / "clip.mp4", folders) == input_dir / "clip.mp4"
+    assert convert.check_video_path(output_dir / "clip.mp4", folders) == output_dir / "clip.mp4"
+    traversal = input_dir / "sub" / ".." / ".." / "secret" / "clip.mp4"
+    for outside in (elsewhere / "clip.mp4", traversal, input_dir / "escape.mp4"):
+        with pytest.raises(errors.MediaError, match="outside ComfyUI's input, output and temp folders"):
+            convert.check_video_path(outside, folders)

@@ -1,5 +1,5 @@
 """What the nodes pass to each other (`nodes/data.py`), without ComfyUI: audio coverage, prepared faces and their
-replay through the pipeline, progress counting, the model cache and the widgets made from the settings table."""
+replay through the pipeline, progress counting, model file kinds and the widgets made from the settings table."""
 
 from __future__ import annotations
 
@@ -147,21 +147,22 @@ def test_step_progress_counts_every_denoising_step_up_to_the_estimate():
     assert data.num_model_frames(12, Fraction(24000, 1001)) == 13
 
 
-def test_model_cache_keeps_the_last_model_of_each_kind(tmp_path):
-    cache, loads = data.ModelCache(), []
-
-    def load(value):
-        loads.append(value)
-        return value
-
-    path = tmp_path / "unet.pt"
-    path.write_bytes(b"1")
-    assert cache.get("unet", data.file_key(path), lambda: load("a")) == "a"
-    assert cache.get("unet", data.file_key(path), lambda: load("b")) == "a"  # same file: no reload
-    assert cache.get("vae", "x", lambda: load("c")) == "c"
-    path.write_bytes(b"22")  # the file changed
-    assert cache.get("unet", data.file_key(path), lambda: load("d")) == "d"
-    assert loads == ["a", "c", "d"]
+@pytest.mark.parametrize(
+    "name, kind",
+    [
+        ("latentsync_unet.pt", "unet"),
+        ("1.6/latentsync_unet.pt", "unet"),
+        ("finetune/unet.safetensors", "unet"),
+        ("whisper/tiny.pt", "whisper"),
+        ("Whisper-small.pt", "whisper"),
+        ("whisper\\small.pt", "whisper"),
+        ("stable_syncnet.pt", "syncnet"),
+        ("runs/syncnet.safetensors", "syncnet"),
+        ("auxiliary/vgg16-397923af.pth", None),
+    ],
+)
+def test_each_loader_is_offered_the_files_of_its_kind(name, kind):
+    assert data.latentsync_file_kind(name) == kind
 
 
 def test_widgets_come_from_the_settings_table():

@@ -5,7 +5,8 @@
   from the same generator, scaled by 0.18215 (a randomly initialised SD VAE, the architecture Load VAE builds, at
   32x32 pixels);
 * LatentSync LoRA's weight patches give the weights of the library's `apply_lora`, and loading the unpatched
-  model again restores them bit for bit (ComfyUI's ModelPatcher around the tiny UNet).
+  model again restores them bit for bit (ComfyUI's ModelPatcher around the tiny UNet);
+* the pack keeps no model of its own: what ComfyUI frees ("free memory") is released.
 """
 
 from __future__ import annotations
@@ -85,6 +86,19 @@ results["lora"] = {
     "restored_exactly": all(torch.equal(restored[n], original[n]) for n in names),
     "loras": list(patched.loras),
 }
+
+# 3. Memory: the pack holds no model; once ComfyUI drops a loader's output and frees memory, the model is gone
+import gc, weakref
+kept = {
+    "unet": loaders.LatentSyncModelLoader.execute("latentsync_unet.pt", "auto", "auto", "cpu").args[0].patcher,
+    "whisper": loaders.LatentSyncAudioEncoderLoader.execute("whisper/tiny.pt", "cpu").args[0],
+}
+model_management.load_models_gpu(list(kept.values()))
+modules = {kind: weakref.ref(patcher.model.module) for kind, patcher in kept.items()}
+del kept
+model_management.unload_all_models()
+gc.collect()
+results["memory"] = {kind: module() is None for kind, module in modules.items()}
 print(json.dumps(results))
 """
 
@@ -124,3 +138,7 @@ def test_lora_patches_match_the_library_and_undo_exactly(results: dict) -> None:
     assert lora["change"] > 1e-3  # every adapted layer changed
     assert lora["patched_vs_library"] < 1e-5
     assert lora["restored_exactly"]
+
+
+def test_freed_models_are_released(results: dict) -> None:
+    assert results["memory"] == {"unet": True, "whisper": True}

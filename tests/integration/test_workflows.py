@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sys
 import time
 import urllib.error
@@ -185,6 +186,23 @@ def test_api_workflow_writes_the_video(pack_server: ComfyServer, name: str, tmp_
     assert not pack_temp_folders(pack_server)
 
 
+def test_all_in_one_models_live_in_comfys_cache(pack_server: ComfyServer, tmp_path: Path) -> None:
+    # A changed setting reuses the loaded models; "free memory" drops them, so the next run loads them again.
+    def unet_loads() -> int:
+        return pack_server.log_text().count("LatentSync UNet latentsync_unet.pt")
+
+    prompt = api_workflow("latentsync_all_in_one")
+    lipsync = prompt[node_of(prompt, "LatentSyncLipSync")]["inputs"]
+    loads = []
+    for seed, free_first in ((101, False), (102, False), (102, True)):
+        if free_first:
+            post(pack_server, "/free", {"unload_models": True, "free_memory": True})
+        lipsync["seed"] = seed
+        check_video(saved_video(pack_server, run(pack_server, prompt), tmp_path))
+        loads.append(unet_loads())
+    assert loads[1] == loads[0] and loads[2] == loads[1] + 1
+
+
 def test_video_sampler_with_the_videos_own_sound_a_lora_and_deepcache(pack_server: ComfyServer, tmp_path: Path) -> None:
     prompt = api_workflow("latentsync_long_video")
     sampler = prompt[node_of(prompt, "LatentSyncVideoSampler")]
@@ -272,22 +290,85 @@ def test_documented_api_example_runs(pack_server: ComfyServer, tmp_path: Path) -
 # Errors users see
 
 
+def refused_inputs(server: ComfyServer, prompt: dict) -> dict[str, set[tuple[str, str]]]:
+    """``{node id: {(input name, error type)}}`` of a prompt that validation refuses (HTTP 400)."""
+    status, answer = post_prompt(server, prompt)
+    assert status == 400, answer
+    return {
+        node: {(error["extra_info"]["input_name"], error["type"]) for error in errors["errors"]}
+        for node, errors in answer["node_errors"].items()
+    }
+
+
 def test_missing_model_file_fails_validation(pack_server: ComfyServer) -> None:
     prompt = api_workflow("latentsync_basic")
     loader = node_of(prompt, "LatentSyncModelLoader")
     prompt[loader]["inputs"]["unet_name"] = "no_such_unet.pt"
-    status, answer = post_prompt(pack_server, prompt)
-    assert status == 400
-    errors = answer["node_errors"][loader]["errors"]
-    assert errors[0]["type"] == "custom_validation_failed"
-    assert "'no_such_unet.pt' is not in the 'latentsync' model folder" in errors[0]["details"]
+    assert refused_inputs(pack_server, prompt) == {loader: {("unet_name", "value_not_in_list")}}
+
+
+@pytest.mark.parametrize("where", ["absolute", "relative"])
+def test_insightface_model_is_a_listed_name_never_a_path(pack_server: ComfyServer, tmp_path: Path, where) -> None:
+    # A folder outside the model folders holding files with InsightFace's names: loading them must not even be tried,
+    # and the answer must be the same as for a folder that does not exist (no probing of the server's disk).
+    planted = tmp_path / "planted"
+    planted.mkdir()
+    for name in ("det_10g.onnx", "2d106det.onnx"):
+        (planted / name).write_bytes(b"not a model")
+    models = pack_server.models_dir / "insightface" / "models"
+    name = str(planted) if where == "absolute" else os.path.relpath(planted, models)
+    prompt = api_workflow("latentsync_basic")
+    loader = node_of(prompt, "LatentSyncFaceDetectorLoader")
+    answers = []
+    for value in (name, name + "_missing"):
+        prompt[loader]["inputs"].update(face_detector="insightface", insightface_model=value)
+        answers.append(refused_inputs(pack_server, prompt))
+    assert answers[0] == answers[1] == {loader: {("insightface_model", "value_not_in_list")}}
+
+
+def test_unknown_values_flag_only_their_own_inputs(pack_server: ComfyServer) -> None:
+    prompt = api_workflow("latentsync_all_in_one")
+    lipsync = node_of(prompt, "LatentSyncLipSync")
+    prompt[lipsync]["inputs"].update(vae_name="no_such_vae", long_audio="no_such_policy")
+    expected = {("vae_name", "value_not_in_list"), ("long_audio", "value_not_in_list")}
+    assert refused_inputs(pack_server, prompt) == {lipsync: expected}
+
+
+def combo_options(server: ComfyServer, node: str, name: str) -> list[str]:
+    spec = server.object_info[node]["input"]["required"][name]
+    return spec[0] if isinstance(spec[0], list) else spec[1]["options"]
+
+
+def test_each_loader_offers_the_files_of_its_kind(pack_server: ComfyServer) -> None:
+    pack_server.object_info = pack_server.get_json("/object_info")  # after the models were placed
+    assert combo_options(pack_server, "LatentSyncModelLoader", "unet_name") == ["latentsync_unet.pt"]
+    assert combo_options(pack_server, "LatentSyncAudioEncoderLoader", "whisper_name") == ["whisper/tiny.pt"]
+    assert combo_options(pack_server, "LatentSyncSyncNetLoader", "syncnet_name") == ["stable_syncnet.pt"]
+    assert combo_options(pack_server, "LatentSyncLipSync", "unet_name") == ["latentsync_unet.pt"]
+    assert combo_options(pack_server, "LatentSyncLipSync", "whisper_name") == ["whisper/tiny.pt"]
+
+
+def test_video_files_outside_comfys_folders_are_refused(pack_server: ComfyServer, tmp_path: Path) -> None:
+    outside = tmp_path / "private.mp4"
+    shutil.copy(pack_server.input_dir / VIDEO_FILE, outside)
+    for name in (str(outside), os.path.relpath(outside, pack_server.input_dir)):
+        prompt = api_workflow("latentsync_long_video")
+        prompt[node_of(prompt, "LoadVideo")]["inputs"]["file"] = name
+        error = node_error(run(pack_server, prompt))
+        assert error["node_type"] == "LatentSyncVideoSampler"
+        assert "outside ComfyUI's input, output and temp folders" in error["exception_message"]
 
 
 def test_wrong_checkpoint_is_a_node_error(pack_server: ComfyServer) -> None:
-    prompt = api_workflow("latentsync_basic")
-    loader = node_of(prompt, "LatentSyncModelLoader")
-    prompt[loader]["inputs"]["unet_name"] = "whisper/tiny.pt"
-    error = node_error(run(pack_server, prompt))
+    folder = pack_server.models_dir / "latentsync"
+    shutil.copy(folder / "whisper" / "tiny.pt", folder / "not_a_unet.pt")  # a Whisper file named like a UNet
+    try:
+        prompt = api_workflow("latentsync_basic")
+        loader = node_of(prompt, "LatentSyncModelLoader")
+        prompt[loader]["inputs"]["unet_name"] = "not_a_unet.pt"
+        error = node_error(run(pack_server, prompt))
+    finally:
+        (folder / "not_a_unet.pt").unlink()
     assert error["node_type"] == "LatentSyncModelLoader"
     assert "is not a LatentSync 1.5/1.6 UNet checkpoint" in error["exception_message"]
 
