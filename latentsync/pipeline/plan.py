@@ -1,0 +1,164 @@
+"""Lip sync with several faces: a first pass finds and scores every face, a `SyncPlan` says which face speaks
+with which voice in which frames, and the synthesis pass re-syncs each (face, voice) in turn.
+
+Pass 1 (`analyse_faces`): decode, detect (`FaceSearch`: tiles for small faces), track (`FaceTrackSet`) and, for
+``--speaker auto``, embed each track's mouth windows with the SyncNet (`ActiveSpeakerScorer`). It keeps one
+`TrackPoint` per face and frame (~150 bytes) and, per track being scored, fewer than ``num_frames + batch * stride``
+SyncNet-sized faces: memory grows by ~13 MB per face per hour of 25 fps video and never holds frames.
+
+Pass 2 (`LipSyncPipeline.sync_plan`): the frames stream through one `sync_frames` stage per voice, chained: each
+stage aligns its face from the plan's points (`TrackFaces`, no detection), generates its mouth with its own
+audio features and pastes it; frames it does not cover pass through it untouched. A face no voice covers is
+never pasted on, so its pixels stay bit-identical to the decoded source. Each stage holds at most its pending
+windows, so memory is that of one run per voice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import NoFaceError
+from ..face.align import FaceAligner
+from ..face.search import FaceSearch
+from ..face.tracks import FaceTrack, track_video
+from ..media.audio import MODEL_SAMPLE_RATE, load_audio
+from ..media.video import VideoReader
+from ..speaker import (
+    ActiveSpeakerScorer,
+    FaceVoice,
+    MapEntry,
+    SyncPlan,
+    parse_speaker,
+    plan_auto,
+    plan_choice,
+    plan_map,
+)
+from .faces import PreparedFace
+from .threads import one_torch_thread
+from .timing import StageClock
+
+logger = logging.getLogger(__name__)
+
+
+class TrackFaces:
+    """The faces of one `FaceVoice`, aligned from the plan's points: a face preparer for `sync_frames`.
+
+    Frames are numbered in the order they are first fed (0, 1, 2, ..., across calls of `prepare`), matching the
+    frame numbers of the tracks.
+    """
+
+    def __init__(self, voice: FaceVoice, resolution: int):
+        self.voice = voice
+        self.aligner = FaceAligner(resolution, smooth=True)
+        self.num_frames = 0
+
+    def prepare(
+        self, frames: Iterable[np.ndarray], clock: StageClock | None = None
+    ) -> Iterator[tuple[np.ndarray, PreparedFace | None]]:
+        clock = clock or StageClock()
+        for frame in frames:
+            index = self.num_frames
+            self.num_frames += 1
+            point = self.voice.track.at(index) if index < len(self.voice.frames) and self.voice.frames[index] else None
+            face = None
+            if point is not None:
+                with clock.section("align"), one_torch_thread():
+                    face = self.align(frame, self.aligner.estimate_affine(point.points3))
+            else:
+                self.aligner.reset()
+            yield frame, face
+
+    def align(self, frame: np.ndarray, affine: np.ndarray) -> PreparedFace:
+        return PreparedFace(affine, self.aligner.align(frame, affine))
+
+
+@dataclass
+class FaceAnalysis:
+    """Pass 1's result: the tracks, the number of frames they are indexed over (at ``fps``), and the plan."""
+
+    tracks: list[FaceTrack]
+    num_frames: int
+    fps: Fraction
+    plan: SyncPlan
+
+
+def analyse_faces(
+    video_path: Path,
+    fps: Fraction,
+    search: FaceSearch,
+    speaker: str,
+    speaker_map: list[MapEntry] | None = None,
+    syncnet=None,
+    clock: StageClock | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> FaceAnalysis:
+    """Pass 1: track every face of ``video_path`` at ``fps`` and make the plan.
+
+    Args:
+        speaker: a ``--speaker`` value (`latentsync.speaker.parse_speaker`); ignored with a ``speaker_map``.
+        speaker_map: entries of a speaker map (`latentsync.speaker.load_speaker_map`).
+        syncnet: the StableSyncNet of ``speaker="auto"`` (None: auto falls back to the largest face).
+    """
+    clock = clock or StageClock()
+    choice = parse_speaker(speaker)
+    scorer = None
+    own_sound = None
+    if speaker_map is None and choice.mode == "auto" and syncnet is not None:
+        with VideoReader(video_path) as reader:
+            has_audio = reader.has_audio
+        if has_audio:
+            scorer = ActiveSpeakerScorer(syncnet, fps)
+            with clock.section("audio"):
+                own_sound = load_audio(video_path, MODEL_SAMPLE_RATE)
+    with clock.section("detect"):
+        video = track_video(
+            video_path, search, fps, sheet_frames=0, progress=progress,
+            observe=None if scorer is None else scorer.push,
+        )  # fmt: skip
+    tracks, num_frames = video.tracks, video.num_frames
+    with clock.section("speaker"):
+        if speaker_map is not None:
+            plan = plan_map(speaker_map, tracks, num_frames, fps)
+        elif choice.mode == "auto":
+            plan = plan_auto(tracks, num_frames, fps, scorer, own_sound)
+        else:
+            plan = plan_choice(choice, tracks, num_frames, fps)
+    logger.info("%d face tracks; %s", len(tracks), plan.reason)
+    return FaceAnalysis(tracks, num_frames, fps, plan)
+
+
+def check_every_frame_has_a_face(plan: SyncPlan, source_indices: Iterable[int], fps: Fraction) -> None:
+    """``no_face="error"``: raise at the first output frame whose source frame no voice re-syncs."""
+    covered = plan.frames_with_a_face(max(max((len(v.frames) for v in plan.voices), default=0), 1))
+    for index, source_index in enumerate(source_indices):
+        if source_index >= len(covered) or not covered[source_index]:
+            raise NoFaceError(
+                f"No face in output frame {index} ({float(index / fps):.2f} s). Use a clip with a visible face "
+                "in every frame, or no_face='passthrough' (--no-face passthrough) to keep such frames unchanged."
+            )
+
+
+class SourceIndexTap:
+    """Passes ``(source_index, frame)`` pairs through and remembers the source indices not yet matched with an
+    output, so that the frames a stage yields can be fed to the next stage with their source index."""
+
+    def __init__(self, frames: Iterable[tuple[int, np.ndarray]]):
+        self.frames = frames
+        self.waiting: deque[int] = deque()
+
+    def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
+        for source_index, frame in self.frames:
+            self.waiting.append(source_index)
+            yield source_index, frame
+
+    def pair(self, outputs: Iterable[np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
+        """``(source_index, output)`` for the outputs of a stage fed from this tap (one output per input, in order)."""
+        for output in outputs:
+            yield self.waiting.popleft(), output

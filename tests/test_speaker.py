@@ -1,0 +1,204 @@
+"""Choosing who speaks: --speaker forms, plans, the chained synthesis pass, speaker maps, the speaker timeline.
+
+Scenes come from the real demo clips (`face_scenes`): demo1 (face 0, left, 90 px) and demo2 (face 1, right, 60 px).
+Mechanics run with `ZeroNoiseUNet` and `PoolingCodec` (the re-synced mouth is a blurred copy, visibly different);
+where the voice must matter, the tiny random UNet runs (its output depends on the audio features).
+"""
+
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from face_scenes import two_face_scene
+from pipeline_models import PoolingCodec, ZeroNoiseUNet, speech, tiny_models, tiny_models_dir, write_wav  # noqa: F401
+
+from latentsync.errors import ConfigError, NoFaceError
+from latentsync.face.detectors import FaceFilter, create_face_detector
+from latentsync.face.search import FaceSearch
+from latentsync.face.tracks import FaceTrackSet
+from latentsync.pipeline.lipsync import LipSyncPipeline
+from latentsync.pipeline.settings import LipSyncSettings
+from latentsync.speaker import (
+    SpeakerChoice,
+    load_speaker_map,
+    parse_speaker,
+    plan_auto,
+    plan_choice,
+    plan_map,
+    speaker_timeline,
+)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+SIZE = (480, 270)
+NUM_FRAMES = 10
+FPS = Fraction(25)
+
+
+@pytest.fixture(scope="module")
+def detector():
+    return create_face_detector("mediapipe", face_filter=FaceFilter.for_min_height(32))
+
+
+@pytest.fixture(scope="module")
+def scene(assets_dir, detector):
+    """Frames, the face boxes per frame (as tracked; the heads move in their cut-outs), and the tracks."""
+    frames, _ = two_face_scene(assets_dir, NUM_FRAMES, SIZE, heights=(90, 60))
+    tracker = FaceTrackSet(FaceSearch(detector))
+    for frame in frames:
+        tracker.update(frame)
+    assert [t.track_id for t in tracker.tracks] == [0, 1]
+    boxes = [[track.at(index).box for track in tracker.tracks] for index in range(NUM_FRAMES)]
+    return frames, boxes, tracker.tracks
+
+
+def head(box: np.ndarray, scale: float = 2.0) -> tuple[slice, slice]:
+    """Rows and columns of a square ``scale`` times the face box around it: all that a paste of it may touch (the
+    aligned crop reaches about 1.7 box heights)."""
+    centre, half = (box[:2] + box[2:]) / 2, scale * (box[3] - box[1]) / 2
+    (left, top), (right, bottom) = (centre - half).astype(int), (centre + half).astype(int) + 1
+    return slice(max(top, 0), bottom), slice(max(left, 0), right)
+
+
+def mouth(box: np.ndarray) -> tuple[slice, slice]:
+    x1, y1, x2, y2 = box.astype(int)
+    return slice((y1 + y2) // 2, y2), slice(x1, x2)
+
+
+def synced(pipeline, frames, plan, features):
+    return list(pipeline.sync_plan(enumerate(frames), plan, features, FPS))
+
+
+def changed_faces(frames, outputs, boxes) -> list[bool]:
+    """Per face: whether its mouth changed; and everything outside the changed faces' heads is bit-identical."""
+    changed = []
+    for which in range(2):
+        difference = np.mean([np.abs(o[mouth(b[which])].astype(int) - f[mouth(b[which])]).mean()
+                              for f, o, b in zip(frames, outputs, boxes)])  # fmt: skip
+        changed.append(bool(difference > 2.0))
+    for frame, output, frame_boxes in zip(frames, outputs, boxes):
+        untouched = np.ones(frame.shape[:2], bool)
+        for which, box in enumerate(frame_boxes):
+            if changed[which]:
+                untouched[head(box)] = False
+        assert np.array_equal(frame[untouched], output[untouched])  # the face not chosen: bit-identical
+    return changed
+
+
+@pytest.fixture(scope="module")
+def stub_pipeline(tiny_models, detector):
+    settings = LipSyncSettings(resolution=256, num_inference_steps=1, guidance_scale=1.0, num_frames=5)
+    return LipSyncPipeline(ZeroNoiseUNet(), tiny_models.whisper, PoolingCodec(), detector, settings)
+
+
+def test_speaker_forms():
+    assert parse_speaker("auto") == SpeakerChoice("auto")
+    assert parse_speaker("3") == SpeakerChoice("id", track_id=3)
+    assert parse_speaker("point:320,180@1.5") == SpeakerChoice("point", where=(320.0, 180.0), seconds=1.5)
+    assert str(parse_speaker("box:1,2,30,40")) == "box:1,2,30,40"
+    for bad in ("loudest", "point:1", "box:5,5,1,1", "point:a,b", "-1", "point:1,2@-3"):
+        with pytest.raises(ConfigError, match="speaker"):
+            parse_speaker(bad)
+    with pytest.raises(ConfigError, match="speaker"):
+        LipSyncSettings(speaker="nobody")
+
+
+@pytest.mark.parametrize(
+    "speaker, expected",
+    [
+        ("point:140,140", [True, False]),  # inside demo1's face
+        ("point:346,121@0.2", [False, True]),  # inside demo2's face, at 0.2 s
+        ("box:300,80,400,170", [False, True]),
+        ("0", [True, False]),
+        ("all", [True, True]),
+        ("largest", [True, False]),
+    ],
+)
+def test_the_chosen_face_changes_and_the_other_stays_bit_identical(stub_pipeline, scene, speaker, expected):
+    frames, boxes, tracks = scene
+    plan = plan_choice(parse_speaker(speaker), tracks, NUM_FRAMES, FPS)
+    features = {None: stub_pipeline.prepare_audio(speech(NUM_FRAMES / 25)[0])}
+    assert changed_faces(frames, synced(stub_pipeline, frames, plan, features), boxes) == expected
+
+
+def test_a_place_without_a_face_is_an_error(scene):
+    _, _, tracks = scene
+    with pytest.raises(NoFaceError, match="no face at point:5,5"):
+        plan_choice(parse_speaker("point:5,5"), tracks, NUM_FRAMES, FPS)
+    with pytest.raises(NoFaceError, match="no face track 7; the tracks are 0, 1"):
+        plan_choice(parse_speaker("7"), tracks, NUM_FRAMES, FPS)
+
+
+def test_a_two_voice_map_resyncs_each_face_with_its_voice(tmp_path, tiny_models, detector, scene):
+    frames, boxes, tracks = scene
+    settings = LipSyncSettings(resolution=256, num_inference_steps=1, guidance_scale=1.0, num_frames=5)
+    pipeline = LipSyncPipeline(tiny_models.unet, tiny_models.whisper, tiny_models.vae, detector, settings)
+    voices = {"a": speech(NUM_FRAMES / 25)[0], "b": np.random.default_rng(0).normal(0, 0.3, NUM_FRAMES * 640)}
+    paths = {name: write_wav(tmp_path / f"{name}.wav", samples[None].astype(np.float32))
+             for name, samples in voices.items()}  # fmt: skip
+    features = {path: pipeline.prepare_audio(samples) for path, samples in zip(paths.values(), voices.values())}
+    entries = [{"face": "0", "audio": "a.wav"}, {"face": "point:346,121", "audio": "b.wav"}]
+    (tmp_path / "map.json").write_text(json.dumps({"faces": entries}))
+    (tmp_path / "map.csv").write_text('face,audio,start,end\n0,a.wav,,\n"point:346,121",b.wav,,\n')
+    assert load_speaker_map(tmp_path / "map.json") == load_speaker_map(tmp_path / "map.csv")
+    plan = plan_map(load_speaker_map(tmp_path / "map.json"), tracks, NUM_FRAMES, FPS)
+    both = synced(pipeline, frames, plan, {None: None, **features})
+    assert changed_faces(frames, both, boxes) == [True, True]
+
+    # each face as the map's only entry with its own voice, and with the other voice
+    def alone(face: str, voice: str):
+        entries = load_speaker_map(tmp_path / "map.json")
+        (entry,) = [e for e in entries if str(e.face) == face]
+        entry = type(entry)(entry.face, paths[voice])
+        return synced(pipeline, frames, plan_map([entry], tracks, NUM_FRAMES, FPS), features)
+
+    for which, face, own, other in ((0, "0", "a", "b"), (1, "point:346,121", "b", "a")):
+        region = [head(b[which]) for b in boxes]
+        assert all(np.array_equal(x[r], y[r]) for x, y, r in zip(both, alone(face, own), region))
+        assert not all(np.array_equal(x[r], y[r]) for x, y, r in zip(both, alone(face, other), region))
+
+
+def test_map_times_and_errors(tmp_path, scene):
+    _, _, tracks = scene
+    (tmp_path / "v.wav").write_bytes(b"")
+    (tmp_path / "times.csv").write_text("face,audio,start,end\n0,,0,0.2\n1,,0.2,\n")
+    plan = plan_map(load_speaker_map(tmp_path / "times.csv"), tracks, NUM_FRAMES, FPS)
+    assert [(v.track.track_id, np.flatnonzero(v.frames).tolist()) for v in plan.voices] == [
+        (0, [0, 1, 2, 3, 4]), (1, [5, 6, 7, 8, 9])
+    ]  # fmt: skip
+    for name, text, message in (
+        ("bad.csv", "who,audio\n0,v.wav\n", "needs a 'face'"),
+        ("missing.json", '[{"face": "0", "audio": "nope.wav"}]', "does not exist"),
+        ("auto.json", '[{"face": "auto"}]', "a face is an ID"),
+        ("order.csv", "face,start,end\n0,2,1\n", "must come after"),
+        ("empty.json", "[]", "no entries"),
+        ("map.txt", "0", ".json or .csv"),
+    ):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ConfigError, match=message):
+            load_speaker_map(tmp_path / name)
+    (tmp_path / "twice.csv").write_text("face,audio\n0,\n0,v.wav\n")
+    with pytest.raises(ConfigError, match="two voices at the same time"):
+        plan_map(load_speaker_map(tmp_path / "twice.csv"), tracks, NUM_FRAMES, FPS)
+
+
+def test_speaker_timeline_follows_the_most_confident_face_in_segments():
+    starts = np.arange(0, 84, 2)
+    # face 0 in sync for the first 40 frames, face 1 after; one stray window of face 1 inside face 0's turn
+    first = np.where(starts < 40, 0.3, 0.05)
+    second = np.where(starts < 40, 0.1, 0.25)
+    second[5] = 0.9
+    timeline = speaker_timeline({0: (starts, first), 1: (starts, second)}, 100, window=16, min_segment_frames=25)
+    edges = np.flatnonzero(np.diff(timeline)) + 1
+    assert timeline[0] == 0 and timeline[-1] == 1 and len(edges) == 1 and 40 <= edges[0] <= 56
+
+
+def test_auto_without_a_syncnet_or_sound_is_the_largest_face_and_says_so(scene):
+    _, _, tracks = scene
+    plan = plan_auto(tracks, NUM_FRAMES, FPS, scorer=None, waveform=np.zeros(6400, np.float32))
+    assert [v.track.track_id for v in plan.voices] == [0] and "no SyncNet" in plan.reason
+    plan = plan_auto(tracks[:1], NUM_FRAMES, FPS, scorer=None, waveform=None)
+    assert "one face" in plan.reason and "largest" in plan.reason
