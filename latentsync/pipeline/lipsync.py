@@ -379,8 +379,9 @@ class LipSyncPipeline:
             if not one_pass:
                 search = FaceSearch(self.detector)
                 analysis = analyse_faces(
-                    inputs.video.path, fps, search, self.settings.speaker, voices, self.syncnet, clock
-                )
+                    inputs.video.path, fps, search, self.settings.speaker, voices, self.syncnet,
+                    self.settings.landmark_filter, clock,
+                )  # fmt: skip
                 if self.settings.no_face == "error":
                     check_every_frame_has_a_face(analysis.plan, timeline.source_indices(), fps)
                 voice_features = {None: features}

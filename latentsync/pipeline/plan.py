@@ -96,6 +96,7 @@ def analyse_faces(
     speaker: str,
     speaker_map: list[MapEntry] | None = None,
     syncnet=None,
+    landmark_filter: bool = True,
     clock: StageClock | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> FaceAnalysis:
@@ -105,6 +106,7 @@ def analyse_faces(
         speaker: a ``--speaker`` value (`latentsync.speaker.parse_speaker`); ignored with a ``speaker_map``.
         speaker_map: entries of a speaker map (`latentsync.speaker.load_speaker_map`).
         syncnet: the StableSyncNet of ``speaker="auto"`` (None: auto falls back to the largest face).
+        landmark_filter: smooth each track's points with a `OneEuroFilter`.
     """
     clock = clock or StageClock()
     choice = parse_speaker(speaker)
@@ -120,7 +122,7 @@ def analyse_faces(
     with clock.section("detect"):
         video = track_video(
             video_path, search, fps, sheet_frames=0, progress=progress,
-            observe=None if scorer is None else scorer.push,
+            observe=None if scorer is None else scorer.push, smoothing=landmark_filter,
         )  # fmt: skip
     tracks, num_frames = video.tracks, video.num_frames
     with clock.section("speaker"):
