@@ -12,8 +12,8 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from face_scenes import two_face_scene
-from pipeline_models import PoolingCodec, ZeroNoiseUNet, speech, tiny_models, tiny_models_dir, write_wav  # noqa: F401
+from helpers.face_scenes import two_face_scene
+from helpers.pipeline import PoolingCodec, ZeroNoiseUNet, speech, write_wav
 
 from latentsync.errors import ConfigError, NoFaceError
 from latentsync.face.detectors import FaceFilter, create_face_detector
