@@ -94,8 +94,8 @@ class PipelineOptions:
     syncnet: Optional[str] = None
     min_sync_confidence: float = DEFAULT_MIN_SYNC_CONFIDENCE
     max_sync_offset: int = DEFAULT_MAX_SYNC_OFFSET
-    min_face_size: float = 96.0
-    min_sharpness: float = 20.0
+    min_face_size: float = 64.0
+    min_sharpness: float = 6.0
     min_brightness: float = 40.0
     max_brightness: float = 220.0
     min_motion: float = 0.3
