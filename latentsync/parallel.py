@@ -20,7 +20,7 @@ mode               how items run
 ``ray_address``    one Ray task per item (``num_cpus`` / ``num_gpus`` from the arguments, a GPU fraction
                    shares a GPU); ``"local"`` starts a local cluster of ``workers`` CPUs, ``"auto"`` or an
                    address joins a running one (every node needs this package installed); Ray is imported
-                   only then
+                   only then; `ray_cluster` keeps one connection open across several calls
 =================  =====================================================================================
 
 A failing item is a value, not a crash: its exception becomes ``ItemResult(status="failed", error="Type: msg")``.
@@ -32,6 +32,7 @@ killed skips on the next run what it finished (same key *and* same fingerprint);
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -43,7 +44,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, TypeVar
 
 from .errors import ConfigError
 
@@ -387,26 +388,48 @@ def _run_in_processes(task: Task, items: list[Item], workers: int, finish, repor
     _drain(progress_queue, report)
 
 
-def _run_on_ray(task: Task, items: list[Item], address: str, workers: int, cpus_per_item: float,
-                gpus_per_item: float, finish, report) -> None:
+def _import_ray():
     try:
         import ray
-        from ray.util.queue import Queue as RayQueue
     except ImportError as error:
         raise ConfigError(
             "Ray is not installed: install the cluster extra (pip install 'ray>=2.9', or pip install '.[cluster]' "
             "from the pack's folder), or run without --ray."
         ) from error
+    return ray
 
-    started_here = not ray.is_initialized()
-    if started_here:
-        if address == "local":
-            # Workers of a local cluster import the driver's code: give them its module search path.
-            path = os.pathsep.join(entry for entry in sys.path if entry)
-            ray.init(num_cpus=workers, runtime_env={"env_vars": {"PYTHONPATH": path}}, log_to_driver=False)
-        else:
-            ray.init(address=address, log_to_driver=False)
+
+@contextlib.contextmanager
+def ray_cluster(address: Optional[str], workers: int = 1) -> Iterator[None]:
+    """Connect to Ray for the block: ``"local"`` starts a local cluster of ``workers`` CPUs, ``"auto"`` or an address
+    joins a running one; it is shut down at the end. Several `run_items` calls inside one block share the connection
+    (a pipeline of steps starts Ray once, not once per step). Does nothing when ``address`` is None or Ray is
+    already initialised."""
+    if address is None:
+        yield
+        return
+    ray = _import_ray()
+    if ray.is_initialized():
+        yield
+        return
+    if address == "local":
+        # Workers of a local cluster import the driver's code: give them its module search path.
+        path = os.pathsep.join(entry for entry in sys.path if entry)
+        ray.init(num_cpus=workers, runtime_env={"env_vars": {"PYTHONPATH": path}}, log_to_driver=False)
+    else:
+        ray.init(address=address, log_to_driver=False)
     try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _run_on_ray(task: Task, items: list[Item], address: str, workers: int, cpus_per_item: float,
+                gpus_per_item: float, finish, report) -> None:
+    with ray_cluster(address, workers):
+        ray = _import_ray()
+        from ray.util.queue import Queue as RayQueue
+
         remote = ray.remote(_ray_run_item).options(num_cpus=cpus_per_item, num_gpus=gpus_per_item,
                                                    max_retries=_CRASH_RETRIES)
         progress_queue = RayQueue()
@@ -428,6 +451,3 @@ def _run_on_ray(task: Task, items: list[Item], address: str, workers: int, cpus_
                 finish(result)
         _drain(progress_queue, report)
         progress_queue.shutdown()
-    finally:
-        if started_here:
-            ray.shutdown()

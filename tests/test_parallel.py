@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from latentsync.errors import ConfigError
-from latentsync.parallel import Item, RunRecord, fingerprint, run_items, worker_cache
+from latentsync.parallel import Item, RunRecord, fingerprint, ray_cluster, run_items, worker_cache
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -150,3 +150,14 @@ def test_duplicate_keys_and_bad_worker_counts_are_refused():
 def test_fingerprint_is_stable_and_sensitive():
     assert fingerprint({"b": 1, "a": Path("x")}, 2.5) == fingerprint({"a": "x", "b": 1}, 2.5)
     assert fingerprint({"a": 1}) != fingerprint({"a": 2})
+
+
+def test_ray_cluster_keeps_one_connection_for_several_runs(serial_results):
+    ray = pytest.importorskip("ray", reason="ray is the optional cluster extra (pip install 'ray>=2.9')")
+    with ray_cluster("local", 2):
+        first = run_items(square_or_fail, make_items([1, 2, 3, 4, 5]), ray_address="local", show_progress=False)
+        context = ray.get_runtime_context().get_job_id()
+        second = run_items(square_or_fail, make_items([1, 2, 3, 4, 5]), ray_address="local", show_progress=False)
+        assert ray.get_runtime_context().get_job_id() == context  # the same connection, not a new cluster
+    assert not ray.is_initialized()
+    assert summary(first) == summary(second) == summary(serial_results)

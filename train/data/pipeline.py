@@ -304,6 +304,8 @@ def cache_features(clips: list[dict], output: Path, options: PipelineOptions) ->
 
 def run_pipeline(input_dir: str | os.PathLike, output: str | os.PathLike, options: PipelineOptions) -> PipelineSummary:
     """Run the selected steps, collect the clips, write the lists (and the feature cache); return the summary."""
+    from latentsync.parallel import ray_cluster
+
     input_dir, output = Path(input_dir), Path(output)
     if not input_dir.is_dir():
         raise ConfigError(f"Input folder not found: {input_dir}.")
@@ -312,13 +314,14 @@ def run_pipeline(input_dir: str | os.PathLike, output: str | os.PathLike, option
     work_dir = output / "intermediate"
     logger.info("Data pipeline: %s", json.dumps(asdict(options)))
     records, results = _inputs(input_dir), []
-    for name in options.selected_steps():
-        result = run_step(name, STEP_NAMES.index(name), records, work_dir, options)
-        results.append(result)
-        records = result.kept
-    clips = collect_clips(records, output)
-    if options.whisper and clips:
-        cache_features(clips, output, options)
+    with ray_cluster(options.ray, options.workers):
+        for name in options.selected_steps():
+            result = run_step(name, STEP_NAMES.index(name), records, work_dir, options)
+            results.append(result)
+            records = result.kept
+        clips = collect_clips(records, output)
+        if options.whisper and clips:
+            cache_features(clips, output, options)
     write_lists(clips, output, options.val_fraction)
     if not options.keep_intermediate and not any(step.failed for step in results):
         shutil.rmtree(work_dir)

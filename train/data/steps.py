@@ -13,6 +13,7 @@ face detection, alignment and sync scoring use a GPU when the worker has one.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -199,7 +200,7 @@ def step_scenes(record: dict, folder: Path, options: "PipelineOptions", report: 
     from scenedetect import ContentDetector, detect
 
     scenes = detect(record["path"], ContentDetector(threshold=options.scene_threshold))
-    ranges = [[start.get_frames(), min(end.get_frames(), record["frames"])] for start, end in scenes]
+    ranges = [[start.frame_num, min(end.frame_num, record["frames"])] for start, end in scenes]
     return StepOutcome(kept=[{**record, "scenes": ranges or [[0, record["frames"]]]}])
 
 
@@ -215,11 +216,7 @@ def _face_detector(options: "PipelineOptions", scale: float):
 
     name = options.face_detector or DEFAULT_FACE_DETECTOR
     detector = worker_cache(f"face-detector:{name}", lambda: create_face_detector(name))
-    source_rule = FaceFilter()
-    detector.face_filter = FaceFilter(
-        min_width=source_rule.min_width * scale, min_height=source_rule.min_height * scale,
-        min_aspect=source_rule.min_aspect, max_aspect=source_rule.max_aspect, min_score=source_rule.min_score,
-    )  # fmt: skip
+    detector.face_filter = FaceFilter.for_min_height(max(1, math.ceil(FaceFilter().min_height * scale)))
     return detector
 
 
