@@ -15,7 +15,7 @@ import sys
 from ..errors import LatentSyncError
 
 # command modules, in the order `--help` lists them
-_COMMANDS = ("lipsync", "faces", "score", "bench", "make_tiny_models", "download")
+_COMMANDS = ("lipsync", "batch", "faces", "score", "bench", "make_tiny_models", "download")
 
 logger = logging.getLogger("latentsync")
 
@@ -23,7 +23,7 @@ logger = logging.getLogger("latentsync")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m latentsync",
-        description="LatentSync lip sync: inference, sync score, tiny test models, downloads.",
+        description="LatentSync lip sync: inference (one clip or a batch), sync score, tiny test models, downloads.",
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks and debug logs")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

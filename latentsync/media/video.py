@@ -25,6 +25,9 @@ from ..errors import MediaError
 
 logger = logging.getLogger(__name__)
 
+# File suffixes of the videos and of the still images (held for the length of the speech) that can be lip-synced.
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".flv")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 # Undecodable packets in a row that are skipped (with a warning) before reading gives up.
 MAX_CONSECUTIVE_DECODE_FAILURES = 10
 # Packets whose timestamps are inspected when the reader opens, to flag a variable frame rate.

@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 UNET_FILE_NAMES = ("latentsync_unet.pt", "latentsync_unet.safetensors")
 WHISPER_FILE_NAMES = ("whisper/tiny.pt", "whisper/small.pt")
 VAE_FOLDER_NAMES = ("sd-vae-ft-mse", "vae")
+# The StableSyncNet of `python -m latentsync score` and of finding the speaker (``speaker="auto"``).
+SYNCNET_FILE = "stable_syncnet.pt"
 # Single-file VAEs in the models folder, e.g. vae-ft-mse-840000-ema-pruned.safetensors.
 VAE_FILE_PATTERN = "*vae*.safetensors"
 VAE_HUB_CACHE_FOLDER = "models--stabilityai--sd-vae-ft-mse"

@@ -47,12 +47,12 @@ from typing import Optional
 
 from latentsync.errors import ConfigError
 from latentsync.files import atomic_write
+from latentsync.media.video import VIDEO_SUFFIXES
 
 from .steps import StepTask, run_step_task
 
 logger = logging.getLogger("train")
 
-VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".flv")
 STEP_NAMES = ("check", "resample", "scenes", "faces", "segments", "align", "sync", "quality", "motion", "text")
 OPTIONAL_STEPS = ("motion", "text")
 # The options that decide each step's result: its fingerprint.
