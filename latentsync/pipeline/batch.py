@@ -302,9 +302,9 @@ def plan_items(rows: Iterable[BatchRow], options: BatchOptions) -> list[Item]:
     """
     models = find_model_files(options.sources.models_dir, options.sources.unet, options.sources.whisper,
                               options.sources.vae)  # fmt: skip
-    model_identity = [_file_identity(path) for path in dataclasses.astuple(models)]
     detector_models = options.sources.detector_models
-    model_identity.append(_file_identity(Path(detector_models) if detector_models else None))
+    model_files = (*dataclasses.astuple(models), options.sources.syncnet_file(), detector_models and Path(detector_models))
+    model_identity = [_file_identity(path) for path in model_files]
     items, names = [], {}
     for row in rows:
         key = str(row.output.absolute())
