@@ -251,12 +251,13 @@ class ActiveSpeakerScorer:
         self.num_frames = 0
 
     def push(self, frame: np.ndarray, tracks: Sequence[FaceTrack]) -> None:
-        """The next frame and all tracks so far (their points of this frame, if any, are used)."""
+        """The next frame and the tracks (their points of this frame, if any, are used; tracks may be complete
+        or still growing)."""
         index = self.num_frames
         self.num_frames += 1
         repeats = math.ceil((index + 1) * SCORE_FPS / self.fps) - math.ceil(index * SCORE_FPS / self.fps)
         for track in tracks:
-            point = track.points[-1] if track.points and track.points[-1].frame == index else None
+            point = track.at(index)
             embedder = self._embedder(track.track_id)
             aligner = self._aligners[track.track_id]
             face = None

@@ -15,6 +15,7 @@ from comfy.utils import ProgressBar
 from comfy_api.latest import io
 from PIL import Image
 
+from ..latentsync.pipeline.settings import DEFAULT_SETTINGS, SETTING_SPECS
 from .convert import check_video_path
 from .data import StepProgress, latentsync_file_kind, setting_widget
 
@@ -25,6 +26,8 @@ AUDIO_ENCODER = io.Custom("LATENTSYNC_AUDIO_ENCODER")
 AUDIO_EMBEDS = io.Custom("LATENTSYNC_AUDIO_EMBEDS")
 FACE_DETECTOR = io.Custom("LATENTSYNC_FACE_DETECTOR")
 FACES = io.Custom("LATENTSYNC_FACES")
+FACE_TRACKS = io.Custom("LATENTSYNC_FACE_TRACKS")
+SPEAKER_MAP = io.Custom("LATENTSYNC_SPEAKER_MAP")
 SYNCNET = io.Custom("LATENTSYNC_SYNCNET")
 VAE = io.Custom("LATENTSYNC_VAE")
 SPEED = io.Custom("LATENTSYNC_SPEED")
@@ -125,6 +128,13 @@ def generation_inputs() -> list[io.Input]:
 def landmark_filter_input() -> io.Input:
     """Optional, so graphs saved before it existed still run (with the filter on, the default)."""
     return setting_input("landmark_filter", optional=True)
+
+
+def speaker_input(tooltip: str = "", default: str = DEFAULT_SETTINGS.speaker) -> io.Input:
+    """Who speaks: the ``speaker`` setting as text (auto, largest, all, an id, point:X,Y[@T], box:X0,Y0,X1,Y1[@T]).
+    Optional, so graphs saved before it existed still run."""
+    help = SETTING_SPECS["speaker"].help
+    return io.String.Input("speaker", default=default, optional=True, tooltip=f"{help[0].upper()}{help[1:]}. {tooltip}")
 
 
 def policy_inputs() -> list[io.Input]:

@@ -18,7 +18,7 @@ A ModelPatcher manages a `ManagedModule` holding the model (``patcher.model.modu
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path, PurePosixPath
@@ -29,11 +29,16 @@ import torch
 
 from ..latentsync.errors import MediaError
 from ..latentsync.face.align import FaceAligner, crop_size
-from ..latentsync.face.detectors import FaceDetector
+from ..latentsync.face.detectors import FaceDetector, FaceFilter
+from ..latentsync.face.search import FaceSearch
+from ..latentsync.face.sheet import draw_tracks
+from ..latentsync.face.tracks import FaceTrack, FaceTrackSet
 from ..latentsync.media.audio import MODEL_SAMPLE_RATE
 from ..latentsync.media.timeline import Timeline, samples_for_frames
 from ..latentsync.pipeline.faces import PreparedFace
+from ..latentsync.pipeline.plan import PlannedFaces, plan_speakers
 from ..latentsync.pipeline.settings import DEFAULT_SETTINGS, LARGEST_FACE, MODEL_FPS, SETTING_SPECS
+from ..latentsync.speaker import ActiveSpeakerScorer, parse_speaker
 
 # Largest face number the face_index widget offers (faces are counted by size, 0 = largest).
 MAX_FACE_INDEX = 16
@@ -203,6 +208,82 @@ class PreparedFaces:
     def preparer(self) -> PreparedFacesReplay:
         """A stand-in for `FacePreparer` that hands out these faces instead of detecting (see the class)."""
         return PreparedFacesReplay(self)
+
+
+@dataclass
+class FaceTracks:
+    """``LATENTSYNC_FACE_TRACKS``: every face of a clip with its id (Face Tracks → Face Prepare).
+
+    Attributes:
+        tracks: the `FaceTrack` s, by id.
+        num_frames: frames of the clip.
+        frame_size: ``(height, width)`` of the frames.
+    """
+
+    tracks: list[FaceTrack]
+    num_frames: int
+    frame_size: tuple[int, int]
+
+    @classmethod
+    def collect(
+        cls,
+        frames: Iterable[np.ndarray],
+        num_frames: int,
+        detector: FaceDetector,
+        min_face_size: int,
+        fps: Fraction,
+        landmark_filter: bool = True,
+        on_frame: Callable[[int], None] | None = None,
+    ) -> FaceTracks:
+        """Track every face of ``frames`` (`FaceTrackSet`, faces from ``min_face_size`` pixels, tiles on wide
+        frames); ``on_frame(count)`` after each frame."""
+        search = FaceSearch(detector.with_filter(FaceFilter.for_min_height(min_face_size)))
+        tracker = FaceTrackSet(search, fps=float(fps), smoothing=landmark_filter)
+        size = (0, 0)
+        for count, frame in enumerate(frames, start=1):
+            tracker.update(frame)
+            size = frame.shape[:2]
+            if on_frame is not None:
+                on_frame(count)
+        if tracker.num_frames != num_frames:
+            raise MediaError(f"Face tracking saw {tracker.num_frames} frames for {num_frames} input frames.")
+        return cls(tracker.tracks, num_frames, tuple(size))
+
+    def preview(self, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """Each frame with its faces' boxes, numbered with their track ids."""
+        for index, frame in enumerate(frames):
+            boxes = [(track.track_id, point.box) for track in self.tracks if (point := track.at(index)) is not None]
+            yield draw_tracks(frame, boxes, f"frame {index}")
+
+
+def speaker_faces(
+    frames: Sequence[np.ndarray],
+    tracks: FaceTracks,
+    speaker: str,
+    fps: Fraction,
+    resolution: int,
+    detector: FaceDetector,
+    syncnet=None,
+    own_sound: np.ndarray | None = None,
+    on_frame: Callable[[int], None] | None = None,
+) -> tuple[PreparedFaces, str]:
+    """The faces Face Prepare gives the sampler when it is told who speaks, and the plan's reason.
+
+    ``speaker`` as ``--speaker`` (`latentsync.speaker.parse_speaker`); ``auto`` scores every track's lips against
+    ``own_sound`` (16 kHz mono) with ``syncnet`` first (one more pass over the frames); without them it is the
+    largest face. One face per frame: the faces of several voices at once (``all``) need the Video Sampler.
+    """
+    scorer = None
+    if parse_speaker(speaker).mode == "auto" and syncnet is not None and own_sound is not None:
+        scorer = ActiveSpeakerScorer(syncnet, fps)
+        for frame in frames:
+            scorer.push(frame, tracks.tracks)
+    plan = plan_speakers(tracks.tracks, tracks.num_frames, fps, speaker, scorer=scorer, own_sound=own_sound)
+    planned = PlannedFaces(plan.voices, resolution)
+    prepared = PreparedFaces.collect(
+        planned.prepare(iter(frames)), tracks.num_frames, tracks.frame_size, resolution, detector, on_frame
+    )
+    return prepared, plan.reason
 
 
 class PreparedFacesReplay:

@@ -12,7 +12,7 @@ from .loaders import (
     LatentSyncSyncNetLoader,
     LatentSyncVAELoader,
 )
-from .prepare import LatentSyncAudioEncode, LatentSyncFacePrepare
+from .prepare import LatentSyncAudioEncode, LatentSyncFacePrepare, LatentSyncFaceTracks, LatentSyncSpeakerMap
 from .sampler import LatentSyncLipSync, LatentSyncSampler, LatentSyncSpeed, LatentSyncVideoSampler
 from .score import LatentSyncSyncScore
 from .video import LatentSyncCreateVideo
@@ -24,7 +24,9 @@ NODES: list[type[io.ComfyNode]] = [
     LatentSyncAudioEncoderLoader,
     LatentSyncAudioEncode,
     LatentSyncFaceDetectorLoader,
+    LatentSyncFaceTracks,
     LatentSyncFacePrepare,
+    LatentSyncSpeakerMap,
     LatentSyncSampler,
     LatentSyncVideoSampler,
     LatentSyncLipSync,

@@ -9,23 +9,38 @@ import numpy as np
 from comfy import model_management
 from comfy.model_patcher import ModelPatcher
 from comfy.utils import ProgressBar
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 from ..latentsync.face.detectors import FaceDetector
+from ..latentsync.face.tracks import track_table
 from ..latentsync.pipeline.faces import FacePreparer
+from ..latentsync.pipeline.settings import DEFAULT_SETTINGS
+from ..latentsync.speaker import parse_speaker
 from .common import (
     AUDIO_EMBEDS,
     AUDIO_ENCODER,
     CATEGORY,
     FACE_DETECTOR,
+    FACE_TRACKS,
     FACES,
     MODEL,
+    SPEAKER_MAP,
+    SYNCNET,
     check_cancel,
     landmark_filter_input,
     setting_input,
+    speaker_input,
 )
 from .convert import MAX_FPS, MIN_FPS, Uint8Frames, as_fps, frames_to_images, model_waveform
-from .data import AudioEmbeds, LatentSyncModel, PreparedFaces, face_index_setting, padded_length
+from .data import (
+    AudioEmbeds,
+    FaceTracks,
+    LatentSyncModel,
+    PreparedFaces,
+    face_index_setting,
+    padded_length,
+    speaker_faces,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +111,14 @@ class LatentSyncFacePrepare(io.ComfyNode):
                     "0, 1, ... = the k-th largest face when it first appears, then followed as it moves.",
                 ),
                 landmark_filter_input(),
+                speaker_input(
+                    "largest (default here) keeps the one-pass tracker; auto needs syncnet and audio (the clip's own "
+                    "sound), else it is the largest face; one face per frame (all: use the Video Sampler).",
+                    default="largest",
+                ),
+                FACE_TRACKS.Input("tracks", optional=True, tooltip="From LatentSync Face Tracks (the same numbers)."),
+                SYNCNET.Input("syncnet", optional=True, tooltip="From LatentSync SyncNet Loader, for speaker auto."),
+                io.Audio.Input("audio", optional=True, tooltip="The clip's own sound, for speaker auto."),
             ],
             outputs=[
                 FACES.Output(
@@ -111,24 +134,113 @@ class LatentSyncFacePrepare(io.ComfyNode):
 
     @classmethod
     def execute(
-        cls, face_detector: FaceDetector, images, model: LatentSyncModel, fps, face_index, landmark_filter=True
-    ) -> io.NodeOutput:
+        cls, face_detector: FaceDetector, images, model: LatentSyncModel, fps, face_index, landmark_filter=True,
+        speaker="largest", tracks: FaceTracks | None = None, syncnet=None, audio=None,
+    ) -> io.NodeOutput:  # fmt: skip
         frames = Uint8Frames(images)
         num_frames, height, width = images.shape[:3]
-        preparer = FacePreparer(
-            face_detector, model.resolution, face_index_setting(face_index), as_fps(fps), landmark_filter
-        )
         bar = ProgressBar(num_frames)
 
         def on_frame(count: int) -> None:
             check_cancel()
             bar.update_absolute(count)
 
-        faces = PreparedFaces.collect(
-            preparer.prepare(frames), num_frames, (height, width), model.resolution, face_detector, on_frame
-        )
+        if speaker == "largest" and tracks is None or face_index_setting(face_index) != "largest":
+            preparer = FacePreparer(
+                face_detector, model.resolution, face_index_setting(face_index), as_fps(fps), landmark_filter
+            )
+            faces = PreparedFaces.collect(
+                preparer.prepare(frames), num_frames, (height, width), model.resolution, face_detector, on_frame
+            )
+        else:
+            if tracks is None:
+                tracks = FaceTracks.collect(
+                    frames, num_frames, face_detector, DEFAULT_SETTINGS.min_face_size, as_fps(fps), landmark_filter
+                )
+            if syncnet is not None:
+                model_management.load_models_gpu([syncnet])
+            faces, reason = speaker_faces(
+                frames, tracks, speaker, as_fps(fps), model.resolution, face_detector,
+                None if syncnet is None else syncnet.model.module, None if audio is None else model_waveform(audio),
+                on_frame,
+            )  # fmt: skip
+            logger.info("LatentSync Face Prepare: %s", reason)
         found = int(faces.has_face.sum())
         logger.info("LatentSync Face Prepare: a face in %d of %d frames", found, num_frames)
         if found == 0:
             logger.warning("LatentSync Face Prepare: no face found in any frame; the sampler will change nothing")
         return io.NodeOutput(faces, frames_to_images(faces.faces))
+
+
+class LatentSyncFaceTracks(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LatentSyncFaceTracks",
+            display_name="LatentSync Face Tracks",
+            category=CATEGORY,
+            description="Finds every face of the clip (small ones too) and gives each a number that stays with it, "
+            "also after it leaves the frame and comes back. The preview shows the numbers; use them in the speaker "
+            "input of Face Prepare or a Speaker Map.",
+            inputs=[
+                FACE_DETECTOR.Input("face_detector", tooltip="From LatentSync Face Detector Loader."),
+                io.Image.Input("images", tooltip="The video frames (e.g. from Get Video Components)."),
+                fps_input("Frame rate of the frames (connect fps from Get Video Components)."),
+                setting_input("min_face_size", "min_face"),
+                landmark_filter_input(),
+            ],
+            outputs=[
+                io.Image.Output(display_name="preview", tooltip="The frames with numbered boxes on every face."),
+                FACE_TRACKS.Output(display_name="tracks", tooltip="Every face with its number, for Face Prepare."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, face_detector: FaceDetector, images, fps, min_face_size, landmark_filter=True) -> io.NodeOutput:
+        frames = Uint8Frames(images)
+        bar = ProgressBar(len(frames))
+
+        def on_frame(count: int) -> None:
+            check_cancel()
+            bar.update_absolute(count)
+
+        tracks = FaceTracks.collect(
+            frames, len(frames), face_detector, min_face_size, as_fps(fps), landmark_filter, on_frame
+        )
+        table = track_table(tracks.tracks)
+        logger.info("LatentSync Face Tracks: %d faces\n%s", len(tracks.tracks), table)
+        preview = frames_to_images(np.stack(list(tracks.preview(frames))))
+        return io.NodeOutput(preview, tracks, ui=ui.PreviewText(table))
+
+
+class LatentSyncSpeakerMap(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        def face(number: int, default: str, optional: bool) -> io.Input:
+            return io.String.Input(
+                f"face_{number}", default=default, optional=optional,
+                tooltip="A face number from LatentSync Face Tracks, point:X,Y or box:X0,Y0,X1,Y1 (pixels; @SECONDS "
+                "for the time the place refers to).",
+            )  # fmt: skip
+
+        def voice(number: int, optional: bool) -> io.Input:
+            return io.Audio.Input(f"audio_{number}", optional=optional, tooltip=f"The voice of face_{number}.")
+
+        return io.Schema(
+            node_id="LatentSyncSpeakerMap",
+            display_name="LatentSync Speaker Map",
+            category=CATEGORY,
+            description="One voice per face, for LatentSync Video Sampler: each face is re-synced with its own "
+            "audio; other faces pass through unchanged. The video's sound stays the sampler's audio (e.g. the mix).",
+            inputs=[
+                face(1, "0", False), voice(1, False), face(2, "1", True), voice(2, True), face(3, "2", True),
+                voice(3, True),
+            ],  # fmt: skip
+            outputs=[SPEAKER_MAP.Output(display_name="speaker_map", tooltip="For LatentSync Video Sampler.")],
+        )
+
+    @classmethod
+    def execute(cls, face_1, audio_1, face_2=None, audio_2=None, face_3=None, audio_3=None) -> io.NodeOutput:
+        pairs = [(face_1, audio_1), (face_2, audio_2), (face_3, audio_3)]
+        entries = [(str(parse_speaker(face)), audio) for face, audio in pairs if face and audio is not None]
+        return io.NodeOutput(entries)

@@ -28,7 +28,7 @@ from comfy_api.latest import InputImpl, io
 from comfy_execution.graph_utils import GraphBuilder
 
 from ..latentsync.errors import ConfigError, MediaError
-from ..latentsync.face.detectors import FaceDetector
+from ..latentsync.face.detectors import FaceDetector, FaceFilter
 from ..latentsync.media.audio import probe_audio
 from ..latentsync.media.timeline import Timeline, plan_timeline
 from ..latentsync.media.video import probe_video
@@ -37,6 +37,7 @@ from ..latentsync.pipeline.report import LipSyncReport
 from ..latentsync.pipeline.settings import AUTO, LipSyncSettings
 from ..latentsync.pipeline.speed import EXACT, SPEED_SPECS, SpeedSettings
 from ..latentsync.pipeline.timing import StageClock
+from ..latentsync.speaker import MapEntry, parse_speaker
 from .common import (
     AUDIO_EMBEDS,
     AUDIO_ENCODER,
@@ -44,7 +45,9 @@ from .common import (
     FACE_DETECTOR,
     FACES,
     MODEL,
+    SPEAKER_MAP,
     SPEED,
+    SYNCNET,
     Choice,
     SamplingProgress,
     comfy_video_path,
@@ -53,6 +56,7 @@ from .common import (
     latentsync_files,
     policy_inputs,
     setting_input,
+    speaker_input,
     vae_input,
 )
 from .convert import Uint8Frames, as_fps, frame_to_image, save_wav, scratch_dir
@@ -121,8 +125,13 @@ def lipsync_video(
     audio: dict | None,
     settings: LipSyncSettings,
     speed: SpeedSettings,
+    syncnet: ModelPatcher | None = None,
+    speaker_map: list[tuple[str, dict | None]] | None = None,
 ) -> InputImpl.VideoFromFile:
-    """Stream ``video`` through the pipeline (`LipSyncPipeline.run`) in a scratch folder that is always removed."""
+    """Stream ``video`` through the pipeline (`LipSyncPipeline.run`) in a scratch folder that is always removed.
+
+    ``syncnet`` finds the speaker for ``settings.speaker="auto"``; ``speaker_map`` (from Speaker Map) gives faces
+    their own voices."""
     whisper = audio_encoder.model.module
     check_audio_width(model, whisper.hidden_size)
     with scratch_dir(folder_paths.get_temp_directory()) as scratch:
@@ -135,6 +144,12 @@ def lipsync_video(
                 "(e.g. from Load Audio)."
             )
         audio_path = None if audio is None else save_wav(audio, scratch / "speech.wav")
+        voices = None
+        if speaker_map is not None:
+            voices = [
+                MapEntry(parse_speaker(face), None if voice is None else save_wav(voice, scratch / f"voice{index}.wav"))
+                for index, (face, voice) in enumerate(speaker_map)
+            ]
 
         # 2. Progress over the denoising steps the clip will take (estimated from the headers)
         timeline = plan_timeline(
@@ -147,11 +162,14 @@ def lipsync_video(
         progress = sampling_progress(timeline, settings)
 
         # 3. Run
-        model_management.load_models_gpu([model.patcher, audio_encoder])
+        model_management.load_models_gpu([model.patcher, audio_encoder, *([syncnet] if syncnet else [])])
         codec = vae_codec(vae, keep_loaded=[model.patcher], on_decoded=progress.show)
-        pipeline = LipSyncPipeline(model.unet, whisper, codec, face_detector, settings, speed)
+        face_detector = face_detector.with_filter(FaceFilter.for_min_height(settings.min_face_size))
+        pipeline = LipSyncPipeline(
+            model.unet, whisper, codec, face_detector, settings, speed, syncnet.model.module if syncnet else None
+        )
         output_path = scratch / "lipsync.mp4"
-        report = pipeline.run(video_path, audio_path, output_path, progress.progress, progress.cancel)
+        report = pipeline.run(video_path, audio_path, output_path, progress.progress, progress.cancel, voices)
         progress.finish()
         log_report(report)
         return video_output(output_path)
@@ -279,6 +297,11 @@ class LatentSyncVideoSampler(io.ComfyNode):
                 *policy_inputs(),
                 io.Audio.Input("audio", optional=True, tooltip=AUDIO_TOOLTIP),
                 speed_input(),
+                speaker_input("Face numbers as LatentSync Face Tracks shows them."),
+                SYNCNET.Input("syncnet", optional=True, tooltip="From LatentSync SyncNet Loader, for speaker auto."),
+                SPEAKER_MAP.Input(
+                    "speaker_map", optional=True, tooltip="From LatentSync Speaker Map: each face with its own voice."
+                ),
             ],
             outputs=[
                 io.Video.Output(display_name="video", tooltip="The lip-synced video with the speech (to Save Video).")
@@ -287,10 +310,13 @@ class LatentSyncVideoSampler(io.ComfyNode):
 
     @classmethod
     def execute(
-        cls, model, vae, audio_encoder, face_detector, video, audio=None, speed=EXACT, **settings
-    ) -> io.NodeOutput:
+        cls, model, vae, audio_encoder, face_detector, video, audio=None, speed=EXACT, syncnet=None, speaker_map=None,
+        **settings,
+    ) -> io.NodeOutput:  # fmt: skip
         settings = run_settings(model, face_detector=face_detector.name, **settings)
-        return io.NodeOutput(lipsync_video(model, vae, audio_encoder, face_detector, video, audio, settings, speed))
+        return io.NodeOutput(
+            lipsync_video(model, vae, audio_encoder, face_detector, video, audio, settings, speed, syncnet, speaker_map)
+        )
 
 
 class LatentSyncLipSync(io.ComfyNode):
@@ -339,6 +365,8 @@ class LatentSyncLipSync(io.ComfyNode):
                 *policy_inputs(),
                 io.Audio.Input("audio", optional=True, tooltip=AUDIO_TOOLTIP),
                 speed_input(),
+                speaker_input("Face numbers as LatentSync Face Tracks shows them; auto without a SyncNet here: the "
+                              "largest face (the Video Sampler takes one)."),
             ],
             outputs=[
                 io.Video.Output(display_name="video", tooltip="The lip-synced video with the speech (to Save Video).")

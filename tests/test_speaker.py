@@ -202,3 +202,28 @@ def test_auto_without_a_syncnet_or_sound_is_the_largest_face_and_says_so(scene):
     assert [v.track.track_id for v in plan.voices] == [0] and "no SyncNet" in plan.reason
     plan = plan_auto(tracks[:1], NUM_FRAMES, FPS, scorer=None, waveform=None)
     assert "one face" in plan.reason and "largest" in plan.reason
+
+
+# ----------------------------------------------------------------------------------------------------------
+# What the nodes use (nodes/data.py, without ComfyUI)
+
+
+def test_node_face_tracks_and_speaker_faces(scene):
+    from helpers.pack import pack_module
+
+    data = pack_module("nodes.data")
+    detectors = pack_module("latentsync.face.detectors")
+    errors = pack_module("latentsync.errors")
+    frames, boxes, tracks = scene
+    detector = detectors.create_face_detector("mediapipe")  # the loader's detector: the reference's 80-px filter
+    found = data.FaceTracks.collect(frames, NUM_FRAMES, detector, 32, FPS)
+    assert [t.track_id for t in found.tracks] == [0, 1] and found.frame_size == (SIZE[1], SIZE[0])
+    preview = list(found.preview(frames))
+    assert len(preview) == NUM_FRAMES and preview[0].shape == frames[0].shape and not np.array_equal(preview[0], frames[0])
+
+    faces, reason = data.speaker_faces(frames, found, "point:346,121", FPS, 256, detector)
+    assert faces.has_face.all() and "face 1" in reason
+    centres = [np.linalg.inv(np.vstack([a, [0, 0, 1]]))[:2] @ [128, 128, 1] for a in faces.affines]
+    assert all(np.linalg.norm(c - (b[1][:2] + b[1][2:]) / 2) < 30 for c, b in zip(centres, boxes))  # demo2's face
+    with pytest.raises(errors.ConfigError, match="at the same time"):
+        data.speaker_faces(frames, found, "all", FPS, 256, detector)

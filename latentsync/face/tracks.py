@@ -306,7 +306,6 @@ def track_video(
     sheet_frames: int = 8,
     thumbnail_size: int = 360,
     progress: Callable[[int, int], None] | None = None,
-    observe: Callable[[np.ndarray, list[FaceTrack]], None] | None = None,
     **options,
 ) -> TrackedVideo:
     """Track every face of the video at ``path``, decoded at ``fps`` (default: its own rate).
@@ -316,7 +315,6 @@ def track_video(
         sheet_frames: frames on the contact sheet (0: none), evenly spaced; only their thumbnails are kept.
         thumbnail_size: longer side of each thumbnail in pixels.
         progress: ``progress(frames_done, frames_total)``.
-        observe: called with each frame and the tracks so far, after the frame's update (e.g. to score mouths).
         options: `FaceTrackSet` options (``max_gap_frames``, ``scan_interval``, ...).
     """
     with VideoReader(path) as reader:
@@ -327,8 +325,6 @@ def track_video(
         thumbnails = []
         for index, (_, frame) in enumerate(reader.frames_at_fps(fps)):
             found = tracker.update(frame)
-            if observe is not None:
-                observe(frame, tracker.tracks)
             if index in chosen:
                 small, scale = thumbnail(frame, thumbnail_size)
                 boxes = [(track_id, face.box * scale) for track_id, face in found]

@@ -39,12 +39,12 @@ from ..media.timeline import Timeline, parse_fps, plan_timeline
 from ..media.video import SourceFrameCursor, VideoReader
 from ..media.writer import OUTPUT_CRF, AudioFile, VideoWriter
 from ..models.vae import LatentCodec
-from ..speaker import SyncPlan, load_speaker_map
+from ..speaker import MapEntry, SyncPlan, load_speaker_map
 from .ddim import initial_noise
 from .faces import FacePreparer, face_pixels, replay_faces
 from .inputs import check_inputs
 from .models import DEFAULT_RESOLUTION
-from .plan import SourceIndexTap, TrackFaces, analyse_faces, check_every_frame_has_a_face
+from .plan import PlannedFaces, SourceIndexTap, analyse_faces, check_every_frame_has_a_face
 from .report import LipSyncReport
 from .settings import DEFAULT_SETTINGS, MODEL_FPS, LipSyncSettings
 from .speed import EXACT, SpeedSettings, background_calls, prefetch, wrap_detector
@@ -276,7 +276,7 @@ class LipSyncPipeline:
         for voice in plan.voices:
             tap = SourceIndexTap(stream)
             stage_reports.append(LipSyncReport())
-            preparer = TrackFaces(voice, self.resolution)
+            preparer = PlannedFaces([voice], self.resolution)
             synced = self.sync_frames(
                 tap, features[voice.audio], fps, progress, cancel, clock, stage_reports[-1], preparer, "passthrough"
             )
@@ -316,13 +316,14 @@ class LipSyncPipeline:
         output_path: os.PathLike | str,
         progress: ProgressCallback | None = None,
         cancel: CancelCallback | None = None,
-        speaker_map: os.PathLike | str | None = None,
+        speaker_map: os.PathLike | str | Sequence[MapEntry] | None = None,
     ) -> LipSyncReport:
         """Lip-sync ``video_path`` to ``audio_path`` (its own audio when None) into ``output_path``.
 
         With ``settings.speaker="largest"`` (or a ``face_index``) one pass detects and re-syncs the largest face
         (or the k-th) as frames stream by; otherwise a first pass tracks every face and makes a `SyncPlan` from
-        ``settings.speaker`` or the ``speaker_map`` file (`latentsync.speaker.load_speaker_map`), and the second
+        ``settings.speaker`` or the ``speaker_map`` (a file for `latentsync.speaker.load_speaker_map`, or its
+        entries), and the second
         re-syncs what the plan says.
 
         The output keeps the source's size and frame rate (or ``settings.output_fps``), is H.264 yuv420p (crf 18)
@@ -338,7 +339,7 @@ class LipSyncPipeline:
 
         # 1. Check inputs
         inputs = check_inputs(video_path, audio_path, output_path)
-        voices = None if speaker_map is None else load_speaker_map(speaker_map)
+        voices = load_speaker_map(speaker_map) if isinstance(speaker_map, (str, os.PathLike)) else speaker_map
         one_pass = voices is None and (self.settings.speaker == "largest" or self.settings.face_index != "largest")
 
         # 2. Audio at 16 kHz; the whole clip's length is known now

@@ -7,7 +7,7 @@ Pass 1 (`analyse_faces`): decode, detect (`FaceSearch`: tiles for small faces), 
 SyncNet-sized faces: memory grows by ~13 MB per face per hour of 25 fps video and never holds frames.
 
 Pass 2 (`LipSyncPipeline.sync_plan`): the frames stream through one `sync_frames` stage per voice, chained: each
-stage aligns its face from the plan's points (`TrackFaces`, no detection), generates its mouth with its own
+stage aligns its face from the plan's points (`PlannedFaces`, no detection), generates its mouth with its own
 audio features and pastes it; frames it does not cover pass through it untouched. A face no voice covers is
 never pasted on, so its pixels stay bit-identical to the decoded source. Each stage holds at most its pending
 windows, so memory is that of one run per voice.
@@ -17,23 +17,24 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import NoFaceError
+from ..errors import ConfigError, NoFaceError
 from ..face.align import FaceAligner
 from ..face.search import FaceSearch
-from ..face.tracks import FaceTrack, track_video
+from ..face.tracks import FaceTrack, FaceTrackSet
 from ..media.audio import MODEL_SAMPLE_RATE, load_audio
 from ..media.video import VideoReader
 from ..speaker import (
     ActiveSpeakerScorer,
     FaceVoice,
     MapEntry,
+    SpeakerChoice,
     SyncPlan,
     parse_speaker,
     plan_auto,
@@ -47,16 +48,23 @@ from .timing import StageClock
 logger = logging.getLogger(__name__)
 
 
-class TrackFaces:
-    """The faces of one `FaceVoice`, aligned from the plan's points: a face preparer for `sync_frames`.
+class PlannedFaces:
+    """The faces of one or more `FaceVoice` s whose frames do not overlap, aligned from the plan's points: a face
+    preparer for `sync_frames` (one voice per synthesis stage), or the faces of Face Prepare.
 
     Frames are numbered in the order they are first fed (0, 1, 2, ..., across calls of `prepare`), matching the
-    frame numbers of the tracks.
+    frame numbers of the tracks. Each voice has its own aligner (smoothing state), reset where it has no face.
+
+    Raises:
+        ConfigError: two voices cover the same frame.
     """
 
-    def __init__(self, voice: FaceVoice, resolution: int):
-        self.voice = voice
-        self.aligner = FaceAligner(resolution, smooth=True)
+    def __init__(self, voices: Sequence[FaceVoice], resolution: int):
+        frames = [voice.frames for voice in voices]
+        if len(frames) > 1 and (np.sum([np.pad(f, (0, max(map(len, frames)) - len(f))) for f in frames], 0) > 1).any():
+            raise ConfigError("these faces are re-synced at the same time; one face per frame is possible here")
+        self.voices = list(voices)
+        self.aligners = [FaceAligner(resolution, smooth=True) for _ in self.voices]
         self.num_frames = 0
 
     def prepare(
@@ -66,17 +74,19 @@ class TrackFaces:
         for frame in frames:
             index = self.num_frames
             self.num_frames += 1
-            point = self.voice.track.at(index) if index < len(self.voice.frames) and self.voice.frames[index] else None
             face = None
-            if point is not None:
+            for voice, aligner in zip(self.voices, self.aligners):
+                point = voice.track.at(index) if index < len(voice.frames) and voice.frames[index] else None
+                if point is None:
+                    aligner.reset()
+                    continue
                 with clock.section("align"), one_torch_thread():
-                    face = self.align(frame, self.aligner.estimate_affine(point.points3))
-            else:
-                self.aligner.reset()
+                    affine = aligner.estimate_affine(point.points3)
+                    face = PreparedFace(affine, aligner.align(frame, affine))
             yield frame, face
 
     def align(self, frame: np.ndarray, affine: np.ndarray) -> PreparedFace:
-        return PreparedFace(affine, self.aligner.align(frame, affine))
+        return PreparedFace(affine, self.aligners[0].align(frame, affine))
 
 
 @dataclass
@@ -98,42 +108,79 @@ def analyse_faces(
     syncnet=None,
     landmark_filter: bool = True,
     clock: StageClock | None = None,
-    progress: Callable[[int, int], None] | None = None,
 ) -> FaceAnalysis:
-    """Pass 1: track every face of ``video_path`` at ``fps`` and make the plan.
+    """Pass 1 over a file: track every face of ``video_path`` decoded at ``fps`` and make the plan
+    (`analyse_frames`; the video's own sound, if any, is what ``speaker="auto"`` listens to)."""
+    clock = clock or StageClock()
+    own_sound = None
+    if speaker_map is None and parse_speaker(speaker).mode == "auto" and syncnet is not None:
+        with VideoReader(video_path) as reader:
+            has_audio = reader.has_audio
+        if has_audio:
+            with clock.section("audio"):
+                own_sound = load_audio(video_path, MODEL_SAMPLE_RATE)
+    with VideoReader(video_path) as reader:
+        frames = (frame for _, frame in reader.frames_at_fps(fps))
+        return analyse_frames(frames, fps, search, speaker, speaker_map, syncnet, own_sound, landmark_filter, clock)
+
+
+def analyse_frames(
+    frames: Iterable[np.ndarray],
+    fps: Fraction,
+    search: FaceSearch,
+    speaker: str,
+    speaker_map: list[MapEntry] | None = None,
+    syncnet=None,
+    own_sound: np.ndarray | None = None,
+    landmark_filter: bool = True,
+    clock: StageClock | None = None,
+) -> FaceAnalysis:
+    """Pass 1: track every face of ``frames`` (RGB uint8, at ``fps``) and make the plan.
 
     Args:
         speaker: a ``--speaker`` value (`latentsync.speaker.parse_speaker`); ignored with a ``speaker_map``.
         speaker_map: entries of a speaker map (`latentsync.speaker.load_speaker_map`).
-        syncnet: the StableSyncNet of ``speaker="auto"`` (None: auto falls back to the largest face).
+        syncnet: the StableSyncNet of ``speaker="auto"`` (None: auto is the largest face).
+        own_sound: the clip's own sound, 16 kHz mono from frame 0 (None: auto is the largest face).
         landmark_filter: smooth each track's points with a `OneEuroFilter`.
     """
     clock = clock or StageClock()
     choice = parse_speaker(speaker)
-    scorer = None
-    own_sound = None
-    if speaker_map is None and choice.mode == "auto" and syncnet is not None:
-        with VideoReader(video_path) as reader:
-            has_audio = reader.has_audio
-        if has_audio:
-            scorer = ActiveSpeakerScorer(syncnet, fps)
-            with clock.section("audio"):
-                own_sound = load_audio(video_path, MODEL_SAMPLE_RATE)
-    with clock.section("detect"):
-        video = track_video(
-            video_path, search, fps, sheet_frames=0, progress=progress,
-            observe=None if scorer is None else scorer.push, smoothing=landmark_filter,
-        )  # fmt: skip
-    tracks, num_frames = video.tracks, video.num_frames
+    auto = speaker_map is None and choice.mode == "auto" and syncnet is not None and own_sound is not None
+    scorer = ActiveSpeakerScorer(syncnet, fps) if auto else None
+    tracker = FaceTrackSet(search, fps=float(fps), smoothing=landmark_filter)
+    for frame in clock.iterate(frames, "decode"):
+        with clock.section("detect"):
+            tracker.update(frame)
+        if scorer is not None:
+            with clock.section("speaker"):
+                scorer.push(frame, tracker.tracks)
+    tracks, num_frames = tracker.tracks, tracker.num_frames
     with clock.section("speaker"):
-        if speaker_map is not None:
-            plan = plan_map(speaker_map, tracks, num_frames, fps)
-        elif choice.mode == "auto":
-            plan = plan_auto(tracks, num_frames, fps, scorer, own_sound)
-        else:
-            plan = plan_choice(choice, tracks, num_frames, fps)
-    logger.info("%d face tracks; %s", len(tracks), plan.reason)
+        plan = plan_speakers(tracks, num_frames, fps, choice, speaker_map, scorer, own_sound)
     return FaceAnalysis(tracks, num_frames, fps, plan)
+
+
+def plan_speakers(
+    tracks: Sequence[FaceTrack],
+    num_frames: int,
+    fps: Fraction,
+    speaker: str | SpeakerChoice,
+    speaker_map: Sequence[MapEntry] | None = None,
+    scorer: ActiveSpeakerScorer | None = None,
+    own_sound: np.ndarray | None = None,
+) -> SyncPlan:
+    """The plan of a speaker map, else of ``speaker`` (``auto`` with the ``scorer`` that has seen the frames and
+    the clip's ``own_sound``; without them, the largest face). Logs the plan's reason."""
+    choice = parse_speaker(speaker)
+    if speaker_map is not None:
+        plan = plan_map(speaker_map, tracks, num_frames, fps)
+    elif choice.mode == "auto":
+        plan = plan_auto(tracks, num_frames, fps, scorer, None if scorer is None else own_sound)
+    else:
+        plan = plan_choice(choice, tracks, num_frames, fps)
+    logger.info("%d face tracks; %s", len(tracks), plan.reason)
+    return plan
 
 
 def check_every_frame_has_a_face(plan: SyncPlan, source_indices: Iterable[int], fps: Fraction) -> None:

@@ -13,6 +13,8 @@ EXPECTED_NODES = {
     "LatentSyncAudioEncode",
     "LatentSyncFaceDetectorLoader",
     "LatentSyncFacePrepare",
+    "LatentSyncFaceTracks",
+    "LatentSyncSpeakerMap",
     "LatentSyncSampler",
     "LatentSyncVideoSampler",
     "LatentSyncLipSync",

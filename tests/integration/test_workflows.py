@@ -38,7 +38,7 @@ from .pack_assets import (
     place_clips,
     place_models,
 )
-from .workflow_builder import VAE_FILE, VIDEO_FILE, WORKFLOWS
+from .workflow_builder import UNET_FILE, VAE_FILE, VIDEO_FILE, WORKFLOWS
 
 API_DIR = REPO_ROOT / "workflows" / "api"
 DOCS = REPO_ROOT / "docs" / "comfyui.md"
@@ -266,6 +266,40 @@ def test_create_video_and_sync_score(pack_server: ComfyServer, tmp_path: Path) -
     check_video(saved_video(pack_server, entry, tmp_path))
     summary = entry["outputs"]["8"]["text"][0]
     assert summary.startswith("confidence ") and "best offset" in summary
+
+
+def test_face_tracks_and_face_prepare_with_a_speaker(pack_server: ComfyServer) -> None:
+    prompt = {
+        "1": {"class_type": "LoadVideo", "inputs": {"file": VIDEO_FILE}},
+        "2": {"class_type": "GetVideoComponents", "inputs": {"video": ["1", 0]}},
+        "3": {
+            "class_type": "LatentSyncFaceDetectorLoader",
+            "inputs": {"face_detector": "mediapipe", "insightface_model": "buffalo_l"},
+        },
+        "4": {
+            "class_type": "LatentSyncFaceTracks",
+            "inputs": {"face_detector": ["3", 0], "images": ["2", 0], "fps": ["2", 2], "min_face_size": 32},
+        },
+        "5": {
+            "class_type": "LatentSyncModelLoader",
+            "inputs": {"unet_name": UNET_FILE, "resolution": "auto", "dtype": "auto", "device": "auto"},
+        },
+        "6": {
+            "class_type": "LatentSyncFacePrepare",
+            "inputs": {
+                "face_detector": ["3", 0], "images": ["2", 0], "model": ["5", 0], "fps": ["2", 2], "face_index": -1,
+                "speaker": "0", "tracks": ["4", 1],
+            },
+        },  # fmt: skip
+        "7": {"class_type": "PreviewImage", "inputs": {"images": ["6", 1]}},
+        "8": {"class_type": "PreviewImage", "inputs": {"images": ["4", 0]}},
+    }
+    entry = run(pack_server, prompt)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    table = entry["outputs"]["4"]["text"][0].splitlines()
+    assert table[0].split() == ["id", "first", "last", "frames", "height", "x", "y"]
+    assert [row.split()[:3] for row in table[1:]] == [["0", "0", str(CLIP_FRAMES - 1)]]  # one face, all frames
+    assert len(entry["outputs"]["7"]["images"]) == CLIP_FRAMES and len(entry["outputs"]["8"]["images"]) == CLIP_FRAMES
 
 
 def documented_python() -> dict:

@@ -7,6 +7,7 @@ pixels, where pixel ``(x, y)`` is the centre of ``image[y, x]``.
 
 from __future__ import annotations
 
+import copy
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
@@ -97,6 +98,12 @@ class FaceDetector(ABC):
 
     def __init__(self, face_filter: FaceFilter | None = None):
         self.face_filter = FaceFilter() if face_filter is None else face_filter
+
+    def with_filter(self, face_filter: FaceFilter) -> FaceDetector:
+        """This detector (sharing its models) with another `FaceFilter`."""
+        detector = copy.copy(self)
+        detector.face_filter = face_filter
+        return detector
 
     def detect(self, image: np.ndarray, detect_size: int | None = None) -> list[Face]:
         """Faces in ``image``, largest box first.
