@@ -236,3 +236,22 @@ def test_nothing_kept_is_an_error_with_the_table(tmp_path):
     assert run.returncode == 1
     assert "dropped at check: unreadable" in run.stdout
     assert "No training clip was kept" in run.stderr
+
+
+def test_the_text_filter_drops_a_captioned_clip_and_keeps_the_clean_one(in_process, tmp_path):
+    """Real OCR (PaddleOCR's models from rapidocr_onnxruntime) on an aligned clip, and on it with a caption."""
+    import cv2
+
+    from train.data.steps import Dropped, read_frames, read_audio, step_text, write_clip
+
+    pytest.importorskip("rapidocr_onnxruntime", reason="the optional text filter's package")
+    output, summary = in_process
+    clean = dict(summary.clips[0])
+    captioned = tmp_path / "captioned.mp4"
+    frames = [cv2.putText(frame.copy(), "Hello there", (30, 220), cv2.FONT_HERSHEY_SIMPLEX, 0.9, (255, 255, 255), 2)
+              for frame in read_frames(clean["path"])]  # fmt: skip
+    write_clip(captioned, frames, read_audio(clean["path"]))
+    kept = step_text(clean, tmp_path, OPTIONS, lambda done, total: None).kept[0]
+    assert kept["text_fraction"] == 0.0
+    with pytest.raises(Dropped, match="text covers 0.0"):
+        step_text({**clean, "path": str(captioned)}, tmp_path, OPTIONS, lambda done, total: None)

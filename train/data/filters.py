@@ -2,7 +2,8 @@
 
 * `face_quality`: sharpness (variance of the Laplacian), brightness (mean luma) of the aligned face;
 * `mean_flow`: how much the face moves (OpenCV Farneback optical flow);
-* `text_fraction`: how much of the frame burnt-in text covers (a heuristic, see its docstring).
+* `text_fraction`: how much of the frame text covers (PaddleOCR's models as the ``rapidocr_onnxruntime`` package
+  ships them; the only measure that needs an optional package).
 
 Each takes the clip's ``(h, w, 3)`` uint8 RGB frames in order (any iterable) and reads each frame once.
 """
@@ -19,8 +20,8 @@ QUALITY_FRAME_STEP = 5
 # Motion: flow between frames this far apart, on frames shrunk to this size.
 MOTION_FRAME_STEP = 5
 MOTION_SIZE = 128
-# Text: frames sampled per clip.
-TEXT_SAMPLES = 5
+# Text: frames read per clip.
+TEXT_SAMPLES = 3
 
 
 @dataclass
@@ -68,31 +69,48 @@ def mean_flow(frames: Iterable[np.ndarray]) -> float:
     return float(np.mean(magnitudes)) if magnitudes else 0.0
 
 
-def text_fraction(frames: Iterable[np.ndarray], num_frames: int) -> float:
-    """Share of the frame covered by text-like strokes, the largest over `TEXT_SAMPLES` frames spread over the clip.
+def text_reader_class():
+    """RapidOCR: PaddleOCR's PP-OCRv4 text detector and recogniser on ONNX Runtime, with the models the
+    ``rapidocr_onnxruntime`` package ships (nothing is downloaded).
 
-    A heuristic, not OCR: small, high-contrast components grouped into horizontal lines that stay in place while
-    the face moves (burnt-in captions, logos with lettering). It misses text that moves and can take a still,
-    striped background for text.
+    Raises:
+        ConfigError: the package (or one of its dependencies) is not installed.
+    """
+    try:
+        from rapidocr_onnxruntime import RapidOCR
+    except ImportError as error:
+        from latentsync.errors import ConfigError
+
+        raise ConfigError(
+            f"The text filter needs the rapidocr_onnxruntime package ({error}): pip install onnxruntime pyclipper "
+            'shapely six pillow && pip install --no-deps "rapidocr_onnxruntime>=1.3" (--no-deps keeps it from '
+            "installing opencv-python beside opencv-python-headless)."
+        ) from None
+    return RapidOCR
+
+
+def load_text_reader():
+    """A RapidOCR reader (`text_reader_class`) on one CPU thread."""
+    return text_reader_class()(intra_op_num_threads=1)
+
+
+def text_fraction(frames: Iterable[np.ndarray], num_frames: int, reader) -> float:
+    """Share of the frame covered by text, the largest over `TEXT_SAMPLES` frames spread over the clip.
+
+    Text is what ``reader`` (`load_text_reader`) reads with a score of at least 0.5: its text boxes are detected by
+    PaddleOCR's DB model and kept only when the recogniser reads them, which keeps out the mouths and teeth the
+    detector alone takes for text.
     """
     import cv2
 
     picks = set(np.linspace(0, max(num_frames - 1, 0), TEXT_SAMPLES).round().astype(int).tolist())
-    grays = [cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY) for index, frame in enumerate(frames) if index in picks]
-    if len(grays) < 2:
-        return 0.0
-    # burnt-in text stays where it is while the face moves: keep pixels that vary little over the samples
-    still = np.std(np.stack(grays).astype(np.float32), axis=0) < 6
-    kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (3, 3))
     worst = 0.0
-    for gray in grays:
-        gradient = cv2.morphologyEx(gray, cv2.MORPH_GRADIENT, kernel)
-        _, strokes = cv2.threshold(gradient, 0, 255, cv2.THRESH_BINARY | cv2.THRESH_OTSU)
-        lines = cv2.morphologyEx(strokes, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_RECT, (9, 1)))
-        count, _, stats, _ = cv2.connectedComponentsWithStats(lines)
-        mask = np.zeros_like(gray, dtype=bool)
-        for x, y, w, h, area in stats[1:count]:
-            if 6 <= h <= gray.shape[0] // 10 and w >= 3 * h and area >= 0.4 * w * h:
-                mask[y : y + h, x : x + w] = True
-        worst = max(worst, float((mask & still).mean()))
+    for index, frame in enumerate(frames):
+        if index not in picks:
+            continue
+        lines, _ = reader(np.ascontiguousarray(frame[..., ::-1]))  # the reader takes BGR
+        mask = np.zeros(frame.shape[:2], dtype=np.uint8)
+        for box, _, _ in lines or []:
+            cv2.fillPoly(mask, [np.round(np.asarray(box)).astype(np.int32)], 1)
+        worst = max(worst, float(mask.mean()))
     return worst

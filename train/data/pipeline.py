@@ -18,7 +18,8 @@ sync      with ``--syncnet``: StableSyncNet confidence and offset; drop clips un
 quality   drop blurred (``--min-sharpness``), badly exposed (``--min/max-brightness``) and small
           (``--min-face-size``) faces; built in, no weights
 motion    optional: drop nearly still or shaking clips (OpenCV Farneback optical flow)
-text      optional: drop clips with burnt-in text over the face (a heuristic, not OCR)
+text      optional: drop clips with text over more than 1 % of the aligned frame (PaddleOCR's models, from the
+          ``rapidocr_onnxruntime`` package)
 ========  ===========================================================================================================
 
 **Parallel and resumable.** Each step runs its inputs through `latentsync.parallel.run_items`: in this process
@@ -126,7 +127,10 @@ class PipelineOptions:
             raise ConfigError("--max-face-gap and --max-sync-offset must be >= 0.")
         if self.syncnet and not Path(self.syncnet).is_file():
             raise ConfigError(f"SyncNet checkpoint not found: {self.syncnet}.")
-        self.selected_steps()
+        if "text" in self.selected_steps():
+            from .filters import text_reader_class
+
+            text_reader_class()
 
     def selected_steps(self) -> list[str]:
         """The steps to run, in pipeline order."""

@@ -379,10 +379,12 @@ def step_motion(record: dict, folder: Path, options: "PipelineOptions", report: 
 
 
 def step_text(record: dict, folder: Path, options: "PipelineOptions", report: Report) -> StepOutcome:
-    """Drop clips with burnt-in text over more than ``max_text_fraction`` of the frame (`filters.text_fraction`)."""
-    from .filters import text_fraction
+    """Drop clips with text over more than ``max_text_fraction`` of the aligned frame (`filters.text_fraction`)."""
+    from latentsync.parallel import worker_cache
 
-    fraction = text_fraction(read_frames(record["path"]), record["frames"])
+    from .filters import load_text_reader, text_fraction
+
+    fraction = text_fraction(read_frames(record["path"]), record["frames"], worker_cache("text-reader", load_text_reader))
     if fraction > options.max_text_fraction:
         raise Dropped("text", f"text covers {fraction:.3f} of the frame")
     return StepOutcome(kept=[{**record, "text_fraction": fraction}])
