@@ -13,7 +13,7 @@ from latentsync.models.unet import UNet3DConditionModel
 from latentsync.models.unet_configs import get_unet_config
 from latentsync.models.vae import TINY_VAE_CONFIG, DiffusersVAE, decode_in_batches, encode_in_batches
 from latentsync.pipeline.ddim import create_scheduler, sample_ddim
-from latentsync.pipeline.deepcache import DeepCacheUNet, num_skip_branches
+from latentsync.pipeline.deepcache import DeepCacheUNet
 from latentsync.pipeline.speed import (
     EXACT,
     OFFICIAL,
@@ -164,7 +164,7 @@ def test_deepcache_difference_is_within_its_documented_bound_on_random_weights(u
     window = window_inputs()
     exact = sample(unet, window)
     spread = exact.std()
-    for name, branch in (("shallowest", 0), ("deepest", num_skip_branches(unet) - 1)):
+    for name, branch in (("shallowest", 0), ("deepest", unet.num_skips - 1)):
         approximate = sample(DeepCacheUNet(unet, 3, branch), window)
         relative = ((approximate - exact).abs().max() / spread).item()
         assert 0 < relative < DEEPCACHE_RANDOM_WEIGHTS_RTOL[name], (name, relative)
@@ -185,7 +185,7 @@ def test_deepcache_refuses_bad_settings(unet):
         DeepCacheUNet(unet, interval=0)
     with pytest.raises(ConfigError, match="between 0 and 11"):
         DeepCacheUNet(unet, branch=12)
-    assert num_skip_branches(random_unet(layers_per_block=1)) == 8
+    assert random_unet(layers_per_block=1).num_skips == 8
 
 
 # ----------------------------------------------------------------------------------------------------------

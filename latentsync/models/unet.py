@@ -94,6 +94,9 @@ class UNet3DConditionModel(ModelMixin, ConfigMixin):
     blocks.) ``attention_head_dim`` is the number of heads of the spatial transformers (an int, or one per down
     block), as in the reference; missing ``motion_module_kwargs`` take the official values.
 
+    Stages: `forward` is `embed` -> `down_path` (the skips) -> ``mid_block`` -> `up_path` -> `post_process`;
+    `latentsync.pipeline.deepcache.DeepCacheUNet` composes the same stages and skips some of them.
+
     Attributes:
         global_step: training step of the checkpoint the weights came from; set by `load_unet`, 0 otherwise.
     """
@@ -259,23 +262,18 @@ class UNet3DConditionModel(ModelMixin, ConfigMixin):
             if isinstance(module, Attention):
                 module.set_processor(processor)
 
-    def forward(
-        self,
-        sample: torch.Tensor,
-        timestep: torch.Tensor | float,
-        encoder_hidden_states: torch.Tensor,
-    ) -> torch.Tensor:
-        """Predict the noise.
+    # -- stages: `forward` runs them in order; `latentsync.pipeline.deepcache` skips some ----------------------
 
-        Args:
-            sample: ``(b, in_channels, f, h, w)``; channels 0-3 noisy latents, 4 mask (1 = keep), 5-8 masked-frame
-                latents, 9-12 reference-frame latents.
-            timestep: a number, a 0-d or 1-element tensor (used for the whole batch), or one per sample ``(b,)``.
-            encoder_hidden_states: audio embeddings ``(b, f, n, cross_attention_dim)`` (``n = 50`` Whisper tokens per
-                frame); frame ``j`` of sample ``i`` cross-attends only to ``encoder_hidden_states[i, j]``.
+    def embed(
+        self, sample: torch.Tensor, timestep: torch.Tensor | float, encoder_hidden_states: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Check the inputs, embed the timestep, flatten the audio per frame and run ``conv_in``.
+
+        Args: as `forward`.
 
         Returns:
-            The noise prediction ``(b, out_channels, f, h, w)``, dtype of the model.
+            ``(hidden_states, temb, encoder_hidden_states)``: the ``conv_in`` output ``(b, c_0, f, h, w)`` (the first
+            skip), the time embedding ``(b, 4 c_0)`` and the audio tokens per frame ``(b * f, n, d)``.
         """
         # 0. check inputs
         self._check_inputs(sample, encoder_hidden_states)
@@ -296,27 +294,106 @@ class UNet3DConditionModel(ModelMixin, ConfigMixin):
         # 3. pre-process
         if self.config.center_input_sample:
             sample = 2 * sample - 1.0
-        hidden_states = self.conv_in(sample)
+        return self.conv_in(sample), temb, encoder_hidden_states
 
-        # 4. down: keep every layer output as a skip, conv_in output first
-        skips = (hidden_states,)
+    def down_path(
+        self,
+        hidden_states: torch.Tensor,
+        temb: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        num_skips: int | None = None,
+    ) -> list[torch.Tensor]:
+        """The skips in order: ``hidden_states`` (the ``conv_in`` output), then every down layer's output and every
+        downsampled output, block by block; the last one enters the mid block. With ``num_skips`` only the layers
+        that produce the first ``num_skips`` skips run (`num_skips` in all).
+
+        Args:
+            hidden_states, temb, encoder_hidden_states: from `embed`.
+        """
+        skips = [hidden_states]
         for block in self.down_blocks:
-            hidden_states, block_skips = block(hidden_states, temb, encoder_hidden_states)
-            skips += block_skips
+            remaining = None if num_skips is None else num_skips - len(skips)
+            if remaining is not None and remaining <= 0:
+                break
+            hidden_states, block_skips = block(hidden_states, temb, encoder_hidden_states, remaining)
+            skips.extend(block_skips)
+        return skips
 
-        # 5. mid
-        hidden_states = self.mid_block(hidden_states, temb, encoder_hidden_states)
+    def up_path(
+        self,
+        hidden_states: torch.Tensor,
+        skips: list[torch.Tensor],
+        temb: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        start: int = 0,
+        stop: int | None = None,
+    ) -> torch.Tensor:
+        """Run the up layers ``start .. stop - 1`` (numbered in execution order over all up blocks, `num_skips` in
+        all; a block's upsampler runs after its last layer), each on ``cat([hidden_states, skips.pop()])``.
 
-        # 6. up: consume skips last-in-first-out; upsample to the size of the next skip
+        Args:
+            hidden_states: what enters layer ``start``: the mid block's output for ``start = 0``.
+            skips: the skips not consumed yet, in `down_path` order; popped from the end.
+            start, stop: the layers to run; ``stop=None`` runs to the end.
+
+        Returns:
+            what enters layer ``stop``, or the last up block's output ``(b, c_0, f, h, w)``.
+        """
+        stop = self.num_skips if stop is None else stop
+        first = 0  # the block's first layer, in up-path numbering
         for block in self.up_blocks:
-            num_skips = len(block.resnets)
-            block_skips, skips = skips[-num_skips:], skips[:-num_skips]
-            upsample_size = skips[-1].shape[-2:] if block.upsamplers is not None else None
-            hidden_states = block(hidden_states, block_skips, temb, encoder_hidden_states, upsample_size)
+            layers = range(max(start - first, 0), min(stop - first, len(block.resnets)))
+            first += len(block.resnets)
+            if not layers:
+                continue
+            block_skips = tuple(skips[-len(layers) :])
+            del skips[-len(layers) :]
+            upsample_size = skips[-1].shape[-2:] if skips else None
+            hidden_states = block(hidden_states, block_skips, temb, encoder_hidden_states, upsample_size, layers)
+        return hidden_states
 
-        # 7. post-process
-        hidden_states = self.conv_act(self.conv_norm_out(hidden_states))
-        return self.conv_out(hidden_states)
+    def post_process(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """GroupNorm, SiLU, ``conv_out``: ``(b, c_0, f, h, w)`` -> noise prediction ``(b, out_channels, f, h, w)``."""
+        return self.conv_out(self.conv_act(self.conv_norm_out(hidden_states)))
+
+    @property
+    def num_skips(self) -> int:
+        """Skip connections (and up layers): ``conv_in`` plus one per down layer and per downsampler (12 for the
+        official configs)."""
+        return 1 + sum(len(block.resnets) + (block.downsamplers is not None) for block in self.down_blocks)
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | float,
+        encoder_hidden_states: torch.Tensor,
+    ) -> torch.Tensor:
+        """Predict the noise.
+
+        Args:
+            sample: ``(b, in_channels, f, h, w)``; channels 0-3 noisy latents, 4 mask (1 = keep), 5-8 masked-frame
+                latents, 9-12 reference-frame latents.
+            timestep: a number, a 0-d or 1-element tensor (used for the whole batch), or one per sample ``(b,)``.
+            encoder_hidden_states: audio embeddings ``(b, f, n, cross_attention_dim)`` (``n = 50`` Whisper tokens per
+                frame); frame ``j`` of sample ``i`` cross-attends only to ``encoder_hidden_states[i, j]``.
+
+        Returns:
+            The noise prediction ``(b, out_channels, f, h, w)``, dtype of the model.
+        """
+        # 1. check inputs, time and audio embeddings, conv_in
+        hidden_states, temb, encoder_hidden_states = self.embed(sample, timestep, encoder_hidden_states)
+
+        # 2. down: keep every layer output as a skip, conv_in output first
+        skips = self.down_path(hidden_states, temb, encoder_hidden_states)
+
+        # 3. mid
+        hidden_states = self.mid_block(skips[-1], temb, encoder_hidden_states)
+
+        # 4. up: consume skips last-in-first-out; upsample to the size of the next skip
+        hidden_states = self.up_path(hidden_states, skips, temb, encoder_hidden_states)
+
+        # 5. post-process
+        return self.post_process(hidden_states)
 
     def _check_inputs(self, sample: torch.Tensor, encoder_hidden_states: torch.Tensor) -> None:
         config = self.config

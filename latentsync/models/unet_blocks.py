@@ -11,7 +11,9 @@ and motion module is recomputed in the backward pass instead of keeping its acti
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import islice
 
 import torch
 from torch import nn
@@ -101,7 +103,7 @@ class UNetBlock3D(nn.Module):
             return self._gradient_checkpointing_func(module, *args)
         return module(*args)
 
-    def _layer(
+    def layer(
         self, index: int, hidden_states: torch.Tensor, temb: torch.Tensor, encoder_hidden_states: torch.Tensor
     ) -> torch.Tensor:
         """resnet -> transformer -> motion module of layer ``index``; ``(b, c, f, h, w)`` -> ``(b, c', f, h, w)``."""
@@ -146,18 +148,27 @@ class DownBlock3D(UNetBlock3D):
         )
 
     def forward(
-        self, hidden_states: torch.Tensor, temb: torch.Tensor, encoder_hidden_states: torch.Tensor
+        self,
+        hidden_states: torch.Tensor,
+        temb: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        num_skips: int | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """hidden_states ``(b, c_in, f, h, w)``, temb ``(b, temb_channels)``, encoder_hidden_states ``(b * f, n, d)``
-        -> (hidden states, skips), every skip ``(b, c_out, f, ., .)``."""
-        skips = ()
+        -> (hidden states, skips): every layer's output, then the downsampled output, each ``(b, c_out, f, ., .)``;
+        the hidden states are the last skip. With ``num_skips`` only the layers that produce the first
+        ``num_skips`` skips run."""
+        skips = tuple(islice(self._skips(hidden_states, temb, encoder_hidden_states), num_skips))
+        return skips[-1], skips
+
+    def _skips(
+        self, hidden_states: torch.Tensor, temb: torch.Tensor, encoder_hidden_states: torch.Tensor
+    ) -> Iterator[torch.Tensor]:
         for index in range(len(self.resnets)):
-            hidden_states = self._layer(index, hidden_states, temb, encoder_hidden_states)
-            skips += (hidden_states,)
+            hidden_states = self.layer(index, hidden_states, temb, encoder_hidden_states)
+            yield hidden_states
         if self.downsamplers is not None:
-            hidden_states = self.downsamplers[0](hidden_states)
-            skips += (hidden_states,)
-        return hidden_states, skips
+            yield self.downsamplers[0](hidden_states)
 
 
 class UpBlock3D(UNetBlock3D):
@@ -203,13 +214,19 @@ class UpBlock3D(UNetBlock3D):
         temb: torch.Tensor,
         encoder_hidden_states: torch.Tensor,
         upsample_size: tuple[int, int] | None = None,
+        layers: range | None = None,
     ) -> torch.Tensor:
-        """hidden_states ``(b, c_prev, f, h, w)``, ``len(resnets)`` skips ``(b, c_skip, f, h, w)``
-        -> ``(b, c_out, f, H, W)`` with ``(H, W) = upsample_size`` when the block upsamples, else ``(h, w)``."""
-        for index in range(len(self.resnets)):
-            hidden_states = torch.cat([hidden_states, skips[-1 - index]], dim=1)
-            hidden_states = self._layer(index, hidden_states, temb, encoder_hidden_states)
-        if self.upsamplers is not None:
+        """Run ``layers`` (all by default), layer ``layers[i]`` on ``cat([hidden_states, skips[-1 - i]])``, then
+        upsample if the block's last layer ran.
+
+        hidden_states ``(b, c_prev, f, h, w)``, one skip ``(b, c_skip, f, h, w)`` per layer run
+        -> ``(b, c_out, f, H, W)`` with ``(H, W) = upsample_size`` when the block upsamples, else ``(h, w)``.
+        """
+        layers = range(len(self.resnets)) if layers is None else layers
+        for position, index in enumerate(layers):
+            hidden_states = torch.cat([hidden_states, skips[-1 - position]], dim=1)
+            hidden_states = self.layer(index, hidden_states, temb, encoder_hidden_states)
+        if self.upsamplers is not None and len(self.resnets) - 1 in layers:
             hidden_states = self.upsamplers[0](hidden_states, upsample_size)
         return hidden_states
 
@@ -235,7 +252,7 @@ class UNetMidBlock3DCrossAttn(UNetBlock3D):
         self, hidden_states: torch.Tensor, temb: torch.Tensor, encoder_hidden_states: torch.Tensor
     ) -> torch.Tensor:
         """hidden_states ``(b, c, f, h, w)``, temb ``(b, temb_channels)``, encoder_hidden_states ``(b * f, n, d)``."""
-        hidden_states = self._layer(0, hidden_states, temb, encoder_hidden_states)
+        hidden_states = self.layer(0, hidden_states, temb, encoder_hidden_states)
         return self._run(self.resnets[1], hidden_states, temb)
 
 

@@ -7,14 +7,16 @@ fed by skip connection ``branch``; the steps in between run only the shallow par
 that produce skips ``0 .. branch``, the decoder layers from that one on, ``conv_out``) and start the decoder from
 the kept hidden state.
 
-Skips are numbered in the order the encoder produces them: 0 is the ``conv_in`` output, then every encoder layer's
-output and every downsampled output, block by block (the UNet's decoder consumes them last first). With two layers
-per block this is the numbering of the ``DeepCache`` package's ``cache_branch_id`` for SD-1.5 (block ``id // 3``,
-layer ``id % 3``); the official ``inference.sh`` runs LatentSync with ``cache_interval=3, cache_branch_id=0``,
-where a cached step computes ``conv_in``, the last layer of the last decoder block (resnet, transformer, motion
-module) and ``conv_out``, and reuses everything else. The package memoises sub-modules and leaves the motion modules
-unwrapped, so they recompute the same values from cached inputs; reusing the hidden state instead gives the same
-outputs (checked bit for bit, every branch, with ``DeepCacheSDHelper`` patched onto this UNet).
+The steps are compositions of the UNet's stages (`UNet3DConditionModel.embed`, ``down_path``, ``mid_block``,
+``up_path``, ``post_process``). Skips are numbered in the order the encoder produces them: 0 is the ``conv_in``
+output, then every encoder layer's output and every downsampled output, block by block (the UNet's decoder consumes
+them last first). With two layers per block this is the numbering of the ``DeepCache`` package's ``cache_branch_id``
+for SD-1.5 (block ``id // 3``, layer ``id % 3``); the official ``inference.sh`` runs LatentSync with
+``cache_interval=3, cache_branch_id=0``, where a cached step computes ``conv_in``, the last layer of the last
+decoder block (resnet, transformer, motion module) and ``conv_out``, and reuses everything else. The package
+memoises sub-modules and leaves the motion modules unwrapped, so they recompute the same values from cached inputs;
+reusing the hidden state instead gives the same outputs (checked bit for bit, every branch, with
+``DeepCacheSDHelper`` patched onto this UNet).
 
 Steps are counted per trajectory: a call whose timestep is not below the previous one, or whose input shape
 differs, starts a new trajectory with a full step (the DDIM timesteps fall strictly within one), so one wrapper
@@ -29,37 +31,15 @@ but it was not measured here. The exact path stays the default.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from itertools import islice
-
 import torch
 from torch import nn
 
 from ..errors import ConfigError
 from ..models.unet import UNet3DConditionModel
-from ..models.unet_blocks import UNetBlock3D
 
 # The DeepCache setting of the official `inference.sh` (`--enable_deepcache`).
 OFFICIAL_CACHE_INTERVAL = 3
 OFFICIAL_CACHE_BRANCH = 0
-
-
-def num_skip_branches(unet: UNet3DConditionModel) -> int:
-    """Number of skip connections of ``unet`` (valid branches are ``0 .. n - 1``): ``conv_in`` plus one per encoder
-    layer and per downsampler (12 for the official configs)."""
-    return 1 + sum(len(block.resnets) + (block.downsamplers is not None) for block in unet.down_blocks)
-
-
-def _run_layer(
-    block: UNetBlock3D, index: int, hidden_states: torch.Tensor, temb: torch.Tensor, encoder_hidden_states: torch.Tensor
-) -> torch.Tensor:
-    """Layer ``index`` of a block, as the block runs it: resnet -> transformer -> motion module."""
-    hidden_states = block.resnets[index](hidden_states, temb)
-    if block.attentions is not None:
-        hidden_states = block.attentions[index](hidden_states, encoder_hidden_states)
-    if block.motion_modules is not None:
-        hidden_states = block.motion_modules[index](hidden_states)
-    return hidden_states
 
 
 class DeepCacheUNet(nn.Module):
@@ -80,7 +60,7 @@ class DeepCacheUNet(nn.Module):
         self, unet: UNet3DConditionModel, interval: int = OFFICIAL_CACHE_INTERVAL, branch: int = OFFICIAL_CACHE_BRANCH
     ):
         super().__init__()
-        num_branches = num_skip_branches(unet)
+        num_branches = unet.num_skips
         if interval < 1:
             raise ConfigError(f"DeepCache interval must be >= 1 (1 = off), got {interval}")
         if not 0 <= branch < num_branches:
@@ -121,73 +101,22 @@ class DeepCacheUNet(nn.Module):
         self.step_index += 1
         self.last_timestep = latest
 
-        # 1. time, audio and conv_in, as the UNet does them
-        if full_step:
-            unet._check_inputs(sample, encoder_hidden_states)
-        batch, num_frames = sample.shape[0], sample.shape[2]
-        timesteps = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(batch)
-        temb = unet.time_embedding(unet.time_proj(timesteps).to(unet.time_embedding.linear_1.weight.dtype))
-        encoder_hidden_states = encoder_hidden_states.reshape(batch * num_frames, *encoder_hidden_states.shape[2:])
-        hidden_states = unet.conv_in(2 * sample - 1.0 if unet.config.center_input_sample else sample)
+        # 1. time, audio and conv_in
+        hidden_states, temb, encoder_hidden_states = unet.embed(sample, timestep, encoder_hidden_states)
 
-        # 2. encoder: every skip on a full step, skips 0 .. branch on a cached one; then the mid block
-        skip_path = self._encoder(hidden_states, temb, encoder_hidden_states)
+        # 2. a full step runs every stage and keeps what enters up layer `cache_position`; a cached step computes
+        #    skips 0 .. branch only and starts the up path there from the kept hidden state
         if full_step:
-            skips = list(skip_path)
+            skips = unet.down_path(hidden_states, temb, encoder_hidden_states)
             hidden_states = unet.mid_block(skips[-1], temb, encoder_hidden_states)
-            start = 0
+            hidden_states = unet.up_path(hidden_states, skips, temb, encoder_hidden_states, stop=self.cache_position)
+            self.cached_hidden_states, self.cached_shape = hidden_states, sample.shape
             self.num_full_steps += 1
         else:
-            skips = list(islice(skip_path, self.branch + 1))
+            skips = unet.down_path(hidden_states, temb, encoder_hidden_states, num_skips=self.branch + 1)
             hidden_states = self.cached_hidden_states
-            start = self.cache_position
             self.num_cached_steps += 1
 
-        # 3. decoder from layer `start`, keeping the hidden state that enters layer `cache_position`
-        hidden_states = self._decoder(hidden_states, skips, temb, encoder_hidden_states, start, keep=full_step)
-        if full_step:
-            self.cached_shape = sample.shape
-
-        # 4. post-process
-        return unet.conv_out(unet.conv_act(unet.conv_norm_out(hidden_states)))
-
-    def _encoder(
-        self, hidden_states: torch.Tensor, temb: torch.Tensor, encoder_hidden_states: torch.Tensor
-    ) -> Iterator[torch.Tensor]:
-        """Yield the skips in order, computing each only when asked for: the ``conv_in`` output ``hidden_states``,
-        then every encoder layer's output and every downsampled output."""
-        yield hidden_states
-        for block in self.unet.down_blocks:
-            for index in range(len(block.resnets)):
-                hidden_states = _run_layer(block, index, hidden_states, temb, encoder_hidden_states)
-                yield hidden_states
-            if block.downsamplers is not None:
-                hidden_states = block.downsamplers[0](hidden_states)
-                yield hidden_states
-
-    def _decoder(
-        self,
-        hidden_states: torch.Tensor,
-        skips: list[torch.Tensor],
-        temb: torch.Tensor,
-        encoder_hidden_states: torch.Tensor,
-        start: int,
-        keep: bool,
-    ) -> torch.Tensor:
-        """Run decoder layers ``start ..`` (with the upsamplers after them), consuming ``skips`` last first.
-
-        ``hidden_states`` enters layer ``start``; with ``keep`` the hidden state entering layer ``cache_position``
-        is stored for the cached steps.
-        """
-        position = 0
-        for block in self.unet.up_blocks:
-            for index in range(len(block.resnets)):
-                if position >= start:
-                    if keep and position == self.cache_position:
-                        self.cached_hidden_states = hidden_states
-                    hidden_states = torch.cat([hidden_states, skips.pop()], dim=1)
-                    hidden_states = _run_layer(block, index, hidden_states, temb, encoder_hidden_states)
-                position += 1
-            if block.upsamplers is not None and position > start:
-                hidden_states = block.upsamplers[0](hidden_states, skips[-1].shape[-2:])
-        return hidden_states
+        # 3. the rest of the up path, post-process
+        hidden_states = unet.up_path(hidden_states, skips, temb, encoder_hidden_states, start=self.cache_position)
+        return unet.post_process(hidden_states)
