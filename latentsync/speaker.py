@@ -47,7 +47,7 @@ SPEAKER_HELP = "auto | largest | all | ID | point:X,Y[@SECONDS] | box:X0,Y0,X1,Y
 # Active-speaker scoring: audio offsets -K..K frame the confidence (median over offsets minus the distance in
 # sync); windows start every `stride` frames; the timeline keeps segments of at least `min_segment` seconds.
 AUTO_MAX_OFFSET = 6
-AUTO_STRIDE = 2
+AUTO_STRIDE = 4
 AUTO_MIN_SEGMENT = 1.0
 
 

@@ -15,7 +15,7 @@ import av
 import cv2
 import numpy as np
 
-from latentsync.media import VideoReader
+from latentsync.media import VideoReader, load_audio
 from .media import _encode_audio
 
 # The face box of frame 0 of each demo clip (1080 x 1920, MediaPipe's BlazeFace), and how much around it a head
@@ -134,3 +134,20 @@ def two_face_scene(
         frames.append(frame)
         boxes.append(frame_boxes)
     return frames, boxes
+
+
+def speaking_in_turns(assets_dir: Path, num_frames: int, speakers: Sequence[int], size=(480, 270)):
+    """`two_face_scene` with a sound track in which face ``speakers[k]`` (0: demo1, 1: demo2) is heard in the k-th
+    of ``len(speakers)`` equal parts: each part is that demo's own audio at the same times, so the face heard is in
+    sync with its lips and the other is not.
+
+    Returns:
+        the frames and the 16 kHz mono audio.
+    """
+    frames, _ = two_face_scene(assets_dir, num_frames, size)
+    voices = [load_audio(assets_dir / f"{name}_audio.wav", SAMPLE_RATE) for name in ("demo1", "demo2")]
+    audio = np.zeros(num_frames * SAMPLE_RATE // 25, np.float32)
+    edges = np.linspace(0, len(audio), len(speakers) + 1).astype(int)
+    for speaker, first, last in zip(speakers, edges, edges[1:]):
+        audio[first:last] = voices[speaker][first:last]
+    return frames, audio
