@@ -269,6 +269,11 @@ class ActiveSpeakerScorer:
                 embedder.push(face)
         self._num_model_frames += repeats
 
+    @property
+    def num_buffered_faces(self) -> int:
+        """Faces held right now, over all tracks (each track fewer than ``num_frames + batch_size * stride``)."""
+        return sum(embedder.num_buffered_faces for embedder in self._embedders.values())
+
     def _embedder(self, track_id: int) -> FaceWindowEmbedder:
         if track_id not in self._embedders:
             self._aligners[track_id] = FaceAligner(self.spec.resolution, smooth=True)

@@ -200,6 +200,25 @@ def test_speaker_timeline_follows_the_most_confident_face_in_segments():
     assert timeline[0] == 0 and timeline[-1] == 1 and len(edges) == 1 and 40 <= edges[0] <= 56
 
 
+def test_active_speaker_scoring_holds_a_bounded_number_of_faces(tiny_models_dir):
+    from helpers.pipeline import SyntheticFaceDetector, face_frame
+
+    from latentsync.models.syncnet import load_syncnet
+    from latentsync.speaker import ActiveSpeakerScorer
+
+    scorer = ActiveSpeakerScorer(load_syncnet(tiny_models_dir / "stable_syncnet.pt"), FPS, batch_size=2)
+    tracker = FaceTrackSet(FaceSearch(SyntheticFaceDetector()))
+    most = 0
+    for index in range(60):
+        frame = face_frame(index, (160, 160))
+        tracker.update(frame)
+        scorer.push(frame, tracker.tracks)
+        most = max(most, scorer.num_buffered_faces)
+    assert most < 16 + 2 * 4  # one track: num_frames + batch_size * stride, whatever the clip's length
+    starts, confidence = scorer.confidences(speech(60 / 25)[0])[0]
+    assert starts.tolist() == list(range(6, 60 - 16 - 6 + 1, 4)) and np.isfinite(confidence).all()
+
+
 def test_auto_without_a_syncnet_or_sound_is_the_largest_face_and_says_so(scene):
     _, _, tracks = scene
     plan = plan_auto(tracks, NUM_FRAMES, FPS, scorer=None, waveform=np.zeros(6400, np.float32))
