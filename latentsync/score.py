@@ -56,12 +56,13 @@ from .audio.mel import as_waveform
 from .audio.syncnet_mel import AudioHParams, mel_window_length, syncnet_melspectrogram
 from .errors import ConfigError, MediaError, NoFaceError
 from .face import FaceAligner
+from .face.align import SUPPORTED_RESOLUTIONS, resize_faces
 from .face.detectors import FaceDetector, create_face_detector
 from .face.tracking import FaceTracker
 from .files import atomic_write
 from .media import VideoReader, load_audio
 from .media.timeline import parse_fps
-from .models.syncnet import StableSyncNet, pack_frames, sync_distance
+from .models.syncnet import SYNC_THRESHOLD, StableSyncNet, pack_frames, sync_distance
 from .models.syncnet_configs import DEFAULT_SYNCNET_CONFIG, get_syncnet_config
 
 # SyncNet windows are cut from 25 fps frames and 16 kHz audio, as in training
@@ -90,14 +91,21 @@ class SyncNetInput:
     resolution: int
     lower_half: bool
 
+    @property
+    def align_resolution(self) -> int:
+        """Faces are aligned at this size (the aligner's 256 or 512), then resized to ``resolution`` if it differs."""
+        return self.resolution if self.resolution in SUPPORTED_RESOLUTIONS else SUPPORTED_RESOLUTIONS[0]
+
     @classmethod
     def for_model(cls, syncnet: StableSyncNet, data: Mapping | None = None) -> SyncNetInput:
-        """From a config ``data`` section; by default the official one, with ``num_frames`` read off the model.
+        """From a config ``data`` section; by default the model's own (`StableSyncNet.data_config`), else the
+        official one with ``num_frames`` read off the model.
 
         Raises:
             ConfigError: a latent-space SyncNet (not supported), or a ``data`` section that does not fit the model.
         """
         in_channels = syncnet.visual_encoder.config.in_channels
+        data = data or syncnet.data_config
         if data is None:
             data = {**get_syncnet_config(DEFAULT_SYNCNET_CONFIG)["data"], "num_frames": in_channels // 3}
         if data.get("latent_space", False) or in_channels % 3:
@@ -144,6 +152,17 @@ class SyncScore:
     def best_offset_seconds(self) -> float:
         """``best_offset`` in seconds (> 0: audio lags)."""
         return float(self.best_offset / self.fps)
+
+    def accuracy(self, min_off_sync_offset: int) -> float:
+        """How often the SyncNet's own rule (similarity ``1 - distance`` above `SYNC_THRESHOLD` means "in sync")
+        is right about the windows of a clip known to be in sync: the mean of the share of windows called in sync
+        at offset 0 and the share called off sync at offsets ``|o| >= min_off_sync_offset`` (balanced accuracy)."""
+        similarity = 1.0 - self.window_distances
+        in_sync = similarity[:, self.offsets == 0] > SYNC_THRESHOLD
+        off_sync = similarity[:, np.abs(self.offsets) >= min_off_sync_offset] <= SYNC_THRESHOLD
+        if not off_sync.size:
+            raise ConfigError(f"No offset of at least {min_off_sync_offset} frames was searched.")
+        return float((in_sync.mean() + off_sync.mean()) / 2)
 
     def to_dict(self) -> dict:
         """JSON-ready: the numbers, their conventions, the curve and the per-window distances."""
@@ -513,7 +532,7 @@ def score_frames(
     elif not isinstance(detector, FaceDetector):
         raise ConfigError(f"detector must be a FaceDetector or a detector name, got {type(detector).__name__}.")
     tracker = FaceTracker(detector, face_index=face_index, detect_size=detect_size)
-    aligner = FaceAligner(spec.resolution)
+    aligner = FaceAligner(spec.align_resolution)
     total = math.ceil(len(frames) * SCORE_FPS / parse_fps(fps)) if isinstance(frames, Sized) else 0
 
     # 2. audio: all its mel windows (small), so the window range is known before any frame is seen
@@ -528,8 +547,10 @@ def score_frames(
             aligner.reset()
             embedder.push(None)
         else:
-            face = aligner.align(frame, aligner.estimate_affine(points))
-            embedder.push(torch.from_numpy(face).permute(2, 0, 1))
+            face = torch.from_numpy(aligner.align(frame, aligner.estimate_affine(points))).permute(2, 0, 1)
+            if spec.resolution != spec.align_resolution:
+                face = resize_faces(as_face_tensor(face)[None], spec.resolution)[0]
+            embedder.push(face)
         if progress is not None:
             progress(embedder.num_pushed, total)
 

@@ -223,6 +223,10 @@ def test_from_config_accepts_name_yaml_dict_and_model_section():
 
 @pytest.mark.parametrize("name", sorted(SYNCNET_CONFIGS))
 def test_infer_config_reproduces_every_config(name):
+    if name == "syncnet_tiny_trained":  # strides of no official config: its files are loaded with config=NAME
+        with pytest.raises(ConfigError, match="Pass config="):
+            infer_syncnet_config(_meta_model(name).state_dict())
+        return
     assert infer_syncnet_config(_meta_model(name).state_dict()) == SYNCNET_CONFIGS[name]["model"]
 
 

@@ -19,7 +19,7 @@ from train.unet_trainer import mixed_noise, predicted_original
 PACKAGED = {
     "stage1": "stage1", "stage1_512": "stage1", "stage2": "stage2", "stage2_512": "stage2",
     "stage2_efficient": "stage2", "lora": "lora", "syncnet": "syncnet", "tiny_stage1": "stage1",
-    "tiny_stage2": "stage2", "tiny_lora": "lora", "tiny_syncnet": "syncnet",
+    "tiny_stage2": "stage2", "tiny_lora": "lora", "tiny_syncnet": "syncnet", "tiny_syncnet_trained": "syncnet",
 }  # fmt: skip
 
 
@@ -132,14 +132,22 @@ def test_warmup_lasts_the_configured_optimizer_steps_with_n_processes(deepspeed)
 def test_train_runs_from_any_folder_once_installed(tmp_path):
     """``pip install`` puts the configs and DeepSpeed presets beside the code (package data); ``python -m train``
     finds them from another folder, without the checkout on the path."""
+    import shutil
     import subprocess
     import sys
     from pathlib import Path
 
+    # from a copy of the sources: building writes a build/ folder into the source tree
     repository = Path(__file__).resolve().parents[1]
+    source = tmp_path / "source"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("latentsync", "train"):
+        shutil.copytree(repository / name, source / name, ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(repository / name, source / name)
     target = tmp_path / "site"
     install = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-               "--target", str(target), str(repository)]  # fmt: skip
+               "--target", str(target), str(source)]  # fmt: skip
     subprocess.run(install, check=True, capture_output=True, timeout=600)
     folder = tmp_path / "elsewhere"
     folder.mkdir()

@@ -135,7 +135,7 @@ def test_lora_trains_only_the_adapters(workdir):
 
 def test_lora_export_loads_and_changes_the_output(workdir):
     export = _train("lora", "tiny_lora", "run.output_dir=runs/lora", "validation.every_n_steps=-1")
-    lora = read_lora(export / "lora.safetensors")
+    lora = read_lora(export / "lora")  # peft layout: adapter_model.safetensors + adapter_config.json
     assert (lora.rank, lora.alpha, lora.metadata["preset"]) == (4, 8.0, "both")
     assert lora.metadata["base_checkpoint"] == "latentsync_unet.pt" and len(lora.metadata["base_checkpoint_sha256"]) == 64
     assert any("attn2" in name for name in lora.layers) and any("motion_modules" in name for name in lora.layers)

@@ -10,7 +10,6 @@ sync") over ``validation.num_samples`` validation windows are logged.
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 
 import torch
@@ -31,6 +30,7 @@ from latentsync.models.syncnet_configs import get_syncnet_config
 
 from .checkpoints import CheckpointManager, TrainingProgress, copy_model_file, remove_temporary, resolve_resume
 from .config import Config
+from .loop import flat_config, quiet_other_ranks, train_loop
 from .runtime import create_accelerator, create_lr_scheduler, create_optimizer
 
 logger = logging.getLogger("train")
@@ -89,19 +89,23 @@ def _batch_loss(model: nn.Module, batch: dict, lower_half: bool) -> tuple[torch.
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, num_samples: int, lower_half: bool, accelerator) -> dict[str, float]:
-    """Mean loss and accuracy over about ``num_samples`` validation windows (all processes)."""
+def evaluate(model: nn.Module, loader, dataset, num_samples: int, lower_half: bool, accelerator) -> dict[str, float]:
+    """Mean loss and accuracy over at least ``num_samples`` validation windows (all processes), the same windows at
+    every call: pass ``e`` over the loader draws them from ``(seed, e, index)``."""
     model.eval()
-    losses, correct, seen = [], [], 0
-    for batch in loader:
-        loss, similarity = _batch_loss(model, batch, lower_half)
-        predicted = (similarity > SYNC_THRESHOLD).float()
-        loss, predicted, labels = accelerator.gather_for_metrics((loss, predicted, batch["y"].reshape(-1)))
-        losses.append(loss.float())
-        correct.append((predicted == labels).float())
-        seen += len(loss)
-        if seen >= num_samples:
-            break
+    losses, correct, seen, epoch = [], [], 0, 0
+    while seen < num_samples:
+        dataset.set_epoch(epoch)
+        for batch in loader:
+            loss, similarity = _batch_loss(model, batch, lower_half)
+            predicted = (similarity > SYNC_THRESHOLD).float()
+            loss, predicted, labels = accelerator.gather_for_metrics((loss, predicted, batch["y"].reshape(-1)))
+            losses.append(loss.float())
+            correct.append((predicted == labels).float())
+            seen += len(loss)
+            if seen >= num_samples:
+                break
+        epoch += 1
     model.train()
     return {"val/loss": torch.cat(losses).mean().item(), "val/accuracy": torch.cat(correct).mean().item()}
 
@@ -109,7 +113,6 @@ def evaluate(model: nn.Module, loader, num_samples: int, lower_half: bool, accel
 def train_syncnet(config: Config) -> Path:
     """Run SyncNet training and return the export folder."""
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
 
     from .data import AudioFeatureCache, SyncNetDataset, list_clips
 
@@ -121,6 +124,7 @@ def train_syncnet(config: Config) -> Path:
 
     # 1. accelerator, run folder
     accelerator = create_accelerator(config, output_dir)
+    quiet_other_ranks(accelerator)
     logger.info("%s", accelerator.state)
     resume_from = resolve_resume(ckpt["resume"], checkpoints_dir)
     if accelerator.is_main_process:
@@ -143,7 +147,7 @@ def train_syncnet(config: Config) -> Path:
     loader = torch.utils.data.DataLoader(
         train_set, batch_size=data["batch_size"], shuffle=True, num_workers=data["num_workers"], drop_last=True
     )
-    val_loader = None
+    val_loader = val_set = None
     if data["val_fileslist"] or data["val_data_dir"]:
         val_set = SyncNetDataset(list_clips(data["val_fileslist"], data["val_data_dir"]), data["num_frames"],
                                  data["resolution"], audio, seed=run["seed"] + 1)
@@ -156,55 +160,29 @@ def train_syncnet(config: Config) -> Path:
     if val_loader is not None:
         val_loader = accelerator.prepare_data_loader(val_loader)
     if accelerator.is_main_process and run["report_to"]:
-        accelerator.init_trackers("latentsync_syncnet")
+        accelerator.init_trackers("latentsync_syncnet", config=flat_config(config))
     progress = TrainingProgress()
     files = SyncNetFiles(settings)
     manager = CheckpointManager(accelerator, model, files, progress, checkpoints_dir, ckpt["checkpoints_total_limit"])
     if resume_from is not None:
         manager.load(resume_from)
-    if len(loader) == 0:
-        raise ConfigError(f"{len(train_set)} clips give no full batch of {data['batch_size']}; lower data.batch_size.")
 
-    # 5. train
+    # 5. train: checkpoint first, then evaluate
     every = config["validation"]["every_n_steps"]
-    bar = tqdm(total=run["max_train_steps"], initial=progress.global_step, desc="steps",
-               disable=not accelerator.is_local_main_process)
-    while progress.global_step < run["max_train_steps"]:
-        train_set.set_epoch(progress.epoch)
-        loader.set_epoch(progress.epoch)
-        batches = accelerator.skip_first_batches(loader, progress.batches_in_epoch) if progress.batches_in_epoch else loader
-        model.train()
-        for batch in batches:
-            progress.batches_in_epoch += 1
-            with accelerator.accumulate(model):
-                loss = _batch_loss(model, batch, lower_half)[0].mean()
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(model.parameters(), config["optimizer"]["max_grad_norm"])
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            if not accelerator.sync_gradients:
-                continue
-            progress.global_step += 1
-            bar.update(1)
-            step_loss = accelerator.reduce(loss.detach(), reduction="mean").item()
-            if not math.isfinite(step_loss):
-                raise FloatingPointError(f"The loss is {step_loss} at step {progress.global_step}.")
-            bar.set_postfix(loss=f"{step_loss:.4f}")
-            logs = {"train/loss": step_loss}
-            if val_loader is not None and every > 0 and progress.global_step % every == 0:
-                logs.update(evaluate(model, val_loader, config["validation"]["num_samples"], lower_half, accelerator))
-                logger.info("step %d: %s", progress.global_step, logs)
-            accelerator.log(logs, step=progress.global_step)
-            if progress.global_step % ckpt["save_ckpt_steps"] == 0:
-                manager.save()
-            if progress.global_step >= run["max_train_steps"]:
-                break
-        else:
-            progress.epoch += 1
-            progress.batches_in_epoch = 0
-    bar.close()
+
+    def loss_terms(model: nn.Module, batch: dict) -> dict:
+        return {"loss": _batch_loss(model, batch, lower_half)[0].mean()}
+
+    def after_step(step: int, terms: dict) -> dict:
+        if step % ckpt["save_ckpt_steps"] == 0:
+            manager.save()
+        if val_loader is None or every <= 0 or step % every:
+            return {}
+        logs = evaluate(model, val_loader, val_set, config["validation"]["num_samples"], lower_half, accelerator)
+        logger.info("step %d: %s", step, ", ".join(f"{name} {value:.4f}" for name, value in logs.items()))
+        return logs
+
+    train_loop(config, accelerator, model, optimizer, lr_scheduler, loader, train_set, progress, loss_terms, after_step)
 
     # 6. final checkpoint and export
     last = progress.global_step

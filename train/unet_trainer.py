@@ -16,7 +16,6 @@ One step, for a batch of ``b`` windows of ``f`` frames:
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -43,6 +42,7 @@ from latentsync.pipeline.ddim import VAE_SCALING_FACTOR, create_scheduler
 from .checkpoints import CheckpointManager, TrainingProgress, copy_model_file, remove_temporary, resolve_resume
 from .config import Config
 from .lora import file_sha256, inject_lora
+from .loop import flat_config, quiet_other_ranks, train_loop
 from .runtime import WEIGHT_DTYPES, create_accelerator, create_lr_scheduler, create_optimizer
 
 logger = logging.getLogger("train")
@@ -129,9 +129,10 @@ class UNetFiles:
 
 
 class LoRAFiles:
-    """``lora.safetensors`` in the LatentSync LoRA format (`latentsync.models.lora`)."""
+    """``lora/``: the LoRA in peft's adapter layout (``adapter_model.safetensors`` + ``adapter_config.json``,
+    `latentsync.models.lora`)."""
 
-    name = "lora.safetensors"
+    name = "lora"
 
     def __init__(self, config: Config, base_hash: str):
         self.lora = config["lora"]
@@ -162,7 +163,7 @@ class LoRAFiles:
                 module.lora_B["default"].weight.copy_(up)
 
     def export(self, checkpoint: Path, export_dir: Path, config: Config) -> Path:
-        return copy_model_file(checkpoint, self.name, export_dir)
+        return save_lora(read_lora(checkpoint / self.name), export_dir / self.name)
 
 
 @dataclass
@@ -412,9 +413,8 @@ def train_unet(config: Config) -> Path:
 
     # 1. accelerator, run folder, resolved config
     accelerator = create_accelerator(config, output_dir)
+    quiet_other_ranks(accelerator)
     logger.info("%s", accelerator.state)
-    if not accelerator.is_main_process:
-        logging.getLogger("train").setLevel(logging.WARNING)
     resume_from = resolve_resume(config["ckpt"]["resume"], checkpoints_dir)
     if accelerator.is_main_process:
         remove_temporary(checkpoints_dir)
@@ -443,7 +443,7 @@ def train_unet(config: Config) -> Path:
     lr_scheduler = create_lr_scheduler(config, optimizer, accelerator.num_processes)
     unet, optimizer, loader, lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
     if accelerator.is_main_process and run["report_to"]:
-        accelerator.init_trackers("latentsync", config=_flat(config))
+        accelerator.init_trackers("latentsync", config=flat_config(config))
 
     # 5. checkpoints and resume
     progress = TrainingProgress()
@@ -458,8 +458,15 @@ def train_unet(config: Config) -> Path:
     validator = Validator(config, output_dir, frozen, dataset, accelerator)
     objective = UNetLoss(config, frozen, weight_dtype)
 
-    # 6. train
-    _loop(config, accelerator, unet, optimizer, lr_scheduler, loader, dataset, objective, progress, manager, validator)
+    # 6. train: checkpoint first, then validate (a failing validation never loses the checkpoint)
+    def after_step(step: int, terms: dict) -> dict:
+        if step % config["ckpt"]["save_ckpt_steps"] == 0:
+            manager.save()
+        if validator.due(step):
+            validator.run(accelerator.unwrap_model(unet), terms, step)
+        return {}
+
+    train_loop(config, accelerator, unet, optimizer, lr_scheduler, loader, dataset, progress, objective, after_step)
 
     # 7. final checkpoint and export
     last = progress.global_step
@@ -472,72 +479,3 @@ def train_unet(config: Config) -> Path:
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return export_dir
-
-
-def _flat(config: Config) -> dict:
-    """Scalars of the config for TensorBoard's hyper-parameter table."""
-    flat = {}
-    for section, values in config.items():
-        for key, value in values.items():
-            if isinstance(value, (int, float, str, bool)):
-                flat[f"{section}.{key}"] = value
-    return flat
-
-
-def _loop(config, accelerator, unet, optimizer, lr_scheduler, loader, dataset, objective, progress, manager, validator):
-    from tqdm.auto import tqdm
-
-    run, ckpt = config["run"], config["ckpt"]
-    max_steps = run["max_train_steps"]
-    batches_per_epoch = len(loader)
-    if batches_per_epoch == 0:
-        raise ConfigError(
-            f"{len(dataset)} clips give no full batch of {config['data']['batch_size']} per process; "
-            "lower data.batch_size or add clips."
-        )
-    trainable = [p for p in unet.parameters() if p.requires_grad]
-    bar = tqdm(total=max_steps, initial=progress.global_step, desc="steps", disable=not accelerator.is_local_main_process)
-    running: dict[str, float] = {}
-    while progress.global_step < max_steps:
-        dataset.set_epoch(progress.epoch)
-        loader.set_epoch(progress.epoch)
-        batches = accelerator.skip_first_batches(loader, progress.batches_in_epoch) if progress.batches_in_epoch else loader
-        unet.train()
-        for batch in batches:
-            progress.batches_in_epoch += 1
-            with accelerator.accumulate(unet):
-                terms = objective(unet, batch)
-                accelerator.backward(terms["loss"])
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(trainable, config["optimizer"]["max_grad_norm"])
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            for name in ("loss", "recon", "sync", "lpips", "trepa"):
-                if name in terms:
-                    value = accelerator.reduce(terms[name].detach().float(), reduction="mean").item()
-                    running[name] = running.get(name, 0.0) + value / run["gradient_accumulation_steps"]
-            if not accelerator.sync_gradients:
-                continue
-            progress.global_step += 1
-            bar.update(1)
-            if not math.isfinite(running["loss"]):
-                raise FloatingPointError(f"The loss is {running['loss']} at step {progress.global_step}.")
-            bar.set_postfix(loss=f"{running['loss']:.4f}")
-            if progress.global_step % run["log_every_steps"] == 0 or progress.global_step == 1:
-                accelerator.log(
-                    {f"train/{name}": value for name, value in running.items()} | {"lr": lr_scheduler.get_last_lr()[0]},
-                    step=progress.global_step,
-                )
-            running = {}
-            if validator.due(progress.global_step):
-                validator.run(accelerator.unwrap_model(unet), terms, progress.global_step)
-            if progress.global_step % ckpt["save_ckpt_steps"] == 0:
-                manager.save()
-            if progress.global_step >= max_steps:
-                break
-        else:
-            progress.epoch += 1
-            progress.batches_in_epoch = 0
-    bar.close()
-

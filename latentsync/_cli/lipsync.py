@@ -11,6 +11,7 @@ import logging
 import os
 
 from ..errors import ConfigError
+from ..models.lora import parse_lora_argument
 from ..pipeline.loading import ModelSources
 from ..pipeline.models import SYNCNET_FILE
 from ..pipeline.settings import LipSyncSettings
@@ -65,6 +66,15 @@ def add_run_options(parser: argparse.ArgumentParser) -> dict[str, argparse._Argu
         help=f"StableSyncNet that --speaker auto finds the speaker with (default: {SYNCNET_FILE} in the models folder "
         "when it is there; without one, auto is the largest face)",
     )
+    models.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        type=parse_lora_argument,
+        metavar="FILE[:STRENGTH]",
+        help="merge a LoRA of `python -m train lora` into the UNet (its folder, the adapter_model.safetensors in it, "
+        "or a LoRA .safetensors of earlier versions), with a strength (default 1); repeat for several",
+    )
 
     speed = groups[SPEED_GROUP]
     speed.add_argument(
@@ -113,7 +123,9 @@ def speed_from_args(args: argparse.Namespace) -> SpeedSettings:
 
 def sources_from_args(args: argparse.Namespace) -> ModelSources:
     """Where the command line says the models are."""
-    return ModelSources(args.models_dir, args.unet, args.whisper, args.vae, args.syncnet, args.detector_models)
+    return ModelSources(
+        args.models_dir, args.unet, args.whisper, args.vae, args.syncnet, args.detector_models, tuple(args.lora)
+    )
 
 
 class _ProgressBar:

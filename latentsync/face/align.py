@@ -56,6 +56,16 @@ def crop_size(resolution: int) -> tuple[int, int]:
     return int(100 * ratio), int(75 * ratio)
 
 
+def resize_faces(pixels: torch.Tensor, resolution: int) -> torch.Tensor:
+    """``(n, c, h, w)`` float faces resized to ``(n, c, R, R)`` (bicubic, antialiased), as they are if already so.
+
+    Training feeds a model smaller faces than the aligner's 256 this way, and scoring does the same.
+    """
+    if pixels.shape[-2:] == (resolution, resolution):
+        return pixels
+    return F.interpolate(pixels, size=(resolution, resolution), mode="bicubic", antialias=True)
+
+
 FACE_TEMPLATE_256 = face_template(256)  # [[47.6, 56], [162.4, 56], [105, 112]]
 FACE_TEMPLATE_512 = face_template(512)
 CROP_SIZE_256 = crop_size(256)  # (280, 210)

@@ -1,15 +1,19 @@
 """LoRA adapters for the LatentSync UNet: the file format, merging into a loaded model with a strength, and undo.
 
-A LoRA file (written by ``python -m train lora``) is a ``.safetensors`` file with, for each adapted ``nn.Linear``
-``NAME`` of the UNet, ``NAME.lora_A.weight`` ``(rank, in_features)`` and ``NAME.lora_B.weight``
-``(out_features, rank)`` (peft's names without the adapter name), and metadata:
+A LoRA (written by ``python -m train lora``) is saved in **peft's adapter layout**, so peft reads it
+(``PeftModel.from_pretrained(unet, folder)`` or ``set_peft_model_state_dict``): a folder with
 
-* ``latentsync_lora``: format version (``"1"``);
-* ``rank``, ``alpha``: the update of a layer is ``W += strength * (alpha / rank) * B @ A``;
-* ``targets``: JSON list of the adapted module names; ``preset``: ``audio``, ``motion`` or ``both``;
-* ``base_checkpoint``, ``base_checkpoint_sha256``: the UNet file it was trained on (a LoRA fits the UNet it was
-  trained on; on another one it may do nothing useful);
-* ``global_step``.
+* ``adapter_model.safetensors``: for each adapted ``nn.Linear`` ``NAME`` of the UNet,
+  ``base_model.model.NAME.lora_A.weight`` ``(rank, in_features)`` and ``base_model.model.NAME.lora_B.weight``
+  ``(out_features, rank)``; its metadata carries what the pack needs, so the file alone is enough for the pack:
+  ``latentsync_lora`` (format version ``"2"``), ``rank``, ``alpha``, ``targets`` (JSON list of the adapted module
+  names), ``preset`` (``audio``, ``motion`` or ``both``), ``base_checkpoint`` and ``base_checkpoint_sha256`` (the
+  UNet it was trained on: a LoRA fits that UNet; on another one it may do nothing useful), ``global_step``;
+* ``adapter_config.json``: peft's ``LoraConfig`` (``peft_type`` LORA, ``r``, ``lora_alpha``, ``target_modules``).
+
+The update of a layer is ``W += strength * (alpha / rank) * B @ A``. `read_lora` takes the folder, its
+``adapter_model.safetensors`` (the config beside it when there, else the metadata), or a version-1 file of earlier
+versions of this pack (one ``.safetensors`` with ``NAME.lora_A.weight`` keys and the same metadata).
 
 `apply_lora` patches the weights in place and returns a handle whose `AppliedLoRA.undo` restores the original
 tensors bit for bit (they are kept on the CPU meanwhile).
@@ -27,10 +31,14 @@ import torch
 from torch import nn
 
 from ..checkpoint import read_checkpoint
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 from ..files import atomic_write
 
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
+FORMAT_VERSIONS = ("1", FORMAT_VERSION)
+PEFT_WEIGHTS = "adapter_model.safetensors"
+PEFT_CONFIG = "adapter_config.json"
+PEFT_PREFIX = "base_model.model."
 _DOWN, _UP = ".lora_A.weight", ".lora_B.weight"
 
 
@@ -61,21 +69,41 @@ class LoRA:
 
 
 def lora_state_dict(lora: LoRA) -> dict[str, torch.Tensor]:
-    """The tensors of a LoRA file: ``NAME.lora_A.weight`` / ``NAME.lora_B.weight`` per layer."""
+    """The tensors of ``adapter_model.safetensors``: ``base_model.model.NAME.lora_A.weight`` / ``lora_B`` per layer."""
     tensors = {}
     for name, (down, up) in lora.layers.items():
-        tensors[name + _DOWN] = down.detach().cpu().contiguous()
-        tensors[name + _UP] = up.detach().cpu().contiguous()
+        tensors[PEFT_PREFIX + name + _DOWN] = down.detach().cpu().contiguous()
+        tensors[PEFT_PREFIX + name + _UP] = up.detach().cpu().contiguous()
     return tensors
 
 
-def save_lora(lora: LoRA, path: str | os.PathLike) -> Path:
-    """Write ``lora`` as ``.safetensors`` atomically (temporary name, then rename)."""
+def peft_config(lora: LoRA) -> dict:
+    """peft's ``adapter_config.json`` of ``lora`` (a ``LoraConfig``; fields left out take peft's defaults)."""
+    return {
+        "peft_type": "LORA",
+        "r": lora.rank,
+        "lora_alpha": lora.alpha,
+        "target_modules": sorted(lora.layers),
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "init_lora_weights": True,
+        "inference_mode": True,
+        "use_rslora": False,
+        "use_dora": False,
+        "task_type": None,
+        "base_model_name_or_path": lora.metadata.get("base_checkpoint"),
+    }
+
+
+def save_lora(lora: LoRA, folder: str | os.PathLike) -> Path:
+    """Write ``lora`` into ``folder`` (created) as ``adapter_model.safetensors`` + ``adapter_config.json``, each
+    file atomically (temporary name, then rename). Returns the folder."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        raise CheckpointError(f"Save LoRA files as .safetensors, not {path.name}.")
+    folder = Path(folder)
+    if folder.suffix == ".safetensors":
+        raise ConfigError(f"A LoRA is saved as a folder (peft's layout), not as {folder.name}; give a folder name.")
     metadata = {
         **lora.metadata,
         "format": "pt",
@@ -84,30 +112,48 @@ def save_lora(lora: LoRA, path: str | os.PathLike) -> Path:
         "alpha": repr(float(lora.alpha)),
         "targets": json.dumps(sorted(lora.layers)),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path) as temporary:
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_write(folder / PEFT_WEIGHTS) as temporary:
         save_file(lora_state_dict(lora), str(temporary), metadata=metadata)
-    return path
+    with atomic_write(folder / PEFT_CONFIG) as temporary:
+        temporary.write_text(json.dumps(peft_config(lora), indent=2) + "\n")
+    return folder
+
+
+def _rank_and_alpha(path: Path, metadata: Mapping[str, str]) -> tuple[int, float]:
+    """From peft's ``adapter_config.json`` beside the weights, else from the pack's metadata."""
+    config_path = path.with_name(PEFT_CONFIG)
+    try:
+        if config_path.is_file():
+            config = json.loads(config_path.read_text())
+            return int(config["r"]), float(config["lora_alpha"])
+        return int(metadata["rank"]), float(metadata["alpha"])
+    except (KeyError, ValueError, TypeError) as error:
+        source = config_path if config_path.is_file() else f"{path} metadata"
+        raise CheckpointError(f"{source} lacks a valid LoRA rank / alpha ({error}).") from error
 
 
 def read_lora(path: str | os.PathLike) -> LoRA:
-    """Read a LoRA ``.safetensors`` file written by `save_lora`.
+    """Read a LoRA: a folder in peft's layout, its ``adapter_model.safetensors``, or a version-1 file.
 
     Raises:
-        CheckpointError: not a readable LoRA file, unpaired or mis-shaped tensors, or missing metadata.
+        CheckpointError: not a readable LoRA, unpaired or mis-shaped tensors, or no rank / alpha.
     """
+    path = Path(path)
+    if path.is_dir():
+        path = path / PEFT_WEIGHTS
     checkpoint = read_checkpoint(path)
     metadata = dict(checkpoint.extra.get("metadata", {}))
-    if metadata.get("latentsync_lora") != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path} is not a LatentSync LoRA file (no 'latentsync_lora' metadata); it may be a full model or a LoRA "
-            "for another network. Train one with `python -m train lora`."
-        )
-    try:
-        rank, alpha = int(metadata["rank"]), float(metadata["alpha"])
-    except (KeyError, ValueError) as error:
-        raise CheckpointError(f"{path}: LoRA metadata lacks a valid rank / alpha ({error}).") from error
     state_dict = checkpoint.state_dict
+    peft_layout = all(key.startswith(PEFT_PREFIX) for key in state_dict)
+    if metadata.get("latentsync_lora") not in FORMAT_VERSIONS and not (peft_layout and path.with_name(PEFT_CONFIG).is_file()):
+        raise CheckpointError(
+            f"{path} is not a LatentSync LoRA (no 'latentsync_lora' metadata, no peft {PEFT_CONFIG} beside it); it "
+            "may be a full model or a LoRA for another network. Train one with `python -m train lora`."
+        )
+    rank, alpha = _rank_and_alpha(path, metadata)
+    if peft_layout:
+        state_dict = {key.removeprefix(PEFT_PREFIX): tensor for key, tensor in state_dict.items()}
     names = sorted({key[: -len(_DOWN)] for key in state_dict if key.endswith(_DOWN)})
     stray = [k for k in state_dict if not k.endswith((_DOWN, _UP)) or k.rsplit(".lora_", 1)[0] not in names]
     if stray or not names:
@@ -119,6 +165,24 @@ def read_lora(path: str | os.PathLike) -> LoRA:
             raise CheckpointError(f"{path}: {name} has no rank-{rank} lora_A / lora_B pair.")
         layers[name] = (down, up)
     return LoRA(layers, rank, alpha, metadata)
+
+
+def parse_lora_argument(text: str) -> tuple[str, float]:
+    """``FILE[:STRENGTH]`` -> ``(FILE, STRENGTH)``; the strength defaults to 1 (a colon in the path stays there).
+
+    Raises:
+        ConfigError: a strength that is not a finite number.
+    """
+    path, _, strength = text.rpartition(":")
+    if not path:
+        return text, 1.0
+    try:
+        value = float(strength)
+    except ValueError:
+        return text, 1.0
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ConfigError(f"LoRA strength must be a finite number, got {strength!r} in {text!r}.")
+    return path, value
 
 
 class AppliedLoRA:

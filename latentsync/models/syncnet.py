@@ -343,6 +343,10 @@ class StableSyncNet(nn.Module):
         visual_encoder: the YAML ``model.visual_encoder`` dict (or a `SyncNetEncoderConfig`).
 
     Build from a whole YAML dict or a named config with `from_config`; load weights with `load_syncnet`.
+
+    Attributes:
+        data_config: the YAML ``data`` section (frames per window, face resolution, lower half) when the network
+            was built from a whole config, else None; `latentsync.score` feeds the network what it says.
     """
 
     _supports_gradient_checkpointing = True
@@ -365,13 +369,18 @@ class StableSyncNet(nn.Module):
         # Registration order (audio first) fixes the state-dict order of the official checkpoint.
         self.audio_encoder = SyncNetEncoder(audio_config)
         self.visual_encoder = SyncNetEncoder(visual_config)
+        self.data_config: dict | None = None
 
     @classmethod
     def from_config(cls, config: Mapping | str = DEFAULT_SYNCNET_CONFIG) -> "StableSyncNet":
-        """Build from a name in `SYNCNET_CONFIGS`, a whole YAML dict or its ``model`` section."""
+        """Build from a name in `SYNCNET_CONFIGS`, a whole YAML dict or its ``model`` section (a ``data`` section
+        is kept as `data_config`)."""
         if isinstance(config, str):
             config = get_syncnet_config(config)
-        return cls(**_model_section(config))
+        model = cls(**_model_section(config))
+        if isinstance(config.get("data"), Mapping):
+            model.data_config = dict(config["data"])
+        return model
 
     @property
     def config(self) -> dict:

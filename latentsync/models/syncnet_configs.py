@@ -134,6 +134,27 @@ SYNCNET_CONFIGS: dict[str, dict] = {
         },
         "data": dict(_PIXEL_16_DATA),
     },
+    # The model of `tests/assets/stable_syncnet_tiny_trained.pt`, trained on the demo clips
+    # (`scripts/train_tiny_syncnet.py`): 5 frames of 64x64 faces (256x256 aligned faces, resized), lower half.
+    "syncnet_tiny_trained": {
+        "model": {
+            "audio_encoder": {
+                "in_channels": 1,
+                "block_out_channels": [32, 32, 64, 64, 128],
+                "downsample_factors": [[2, 1], 2, 2, 2, [5, 2]],
+                "attn_blocks": [0, 0, 0, 0, 0],
+                "dropout": 0.0,
+            },
+            "visual_encoder": {
+                "in_channels": 15,
+                "block_out_channels": [32, 32, 64, 64, 128],
+                "downsample_factors": [[1, 2], 2, 2, 2, 4],
+                "attn_blocks": [0, 0, 0, 0, 0],
+                "dropout": 0.0,
+            },
+        },
+        "data": {**_PIXEL_16_DATA, "num_frames": 5, "resolution": 64},
+    },
 }
 
 # The configs of the official repository; config inference takes down-sampling factors from these.

@@ -11,6 +11,7 @@ once per worker and shared by every row that asks for the same ones; only the (c
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,11 +20,14 @@ from typing import Any, TypeVar
 
 from ..errors import ConfigError
 from ..face.detectors import FaceDetector, FaceFilter, create_face_detector
+from ..models.lora import load_lora_into
 from ..models.syncnet import load_syncnet
 from .lipsync import LipSyncPipeline
 from .models import SYNCNET_FILE, LipSyncModels, load_models
 from .settings import LipSyncSettings, resolve_device, resolve_dtype
 from .speed import EXACT, SpeedSettings
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Cache = Callable[[str, Callable[[], T]], T]
@@ -46,6 +50,8 @@ class ModelSources:
     vae: str | os.PathLike | None = None
     syncnet: str | os.PathLike | None = None
     detector_models: str | os.PathLike | None = None
+    # LoRAs merged into the UNet, in order: (file or peft folder, strength)
+    loras: tuple[tuple[str | os.PathLike, float], ...] = ()
 
     def syncnet_file(self) -> Path | None:
         """The StableSyncNet that ``speaker="auto"`` finds the speaker with: ``syncnet``, else `SYNCNET_FILE` in
@@ -96,7 +102,7 @@ def load_pipeline(
     dtype = resolve_dtype(settings.dtype, device)
 
     def load() -> LipSyncModels:
-        return load_models(
+        models = load_models(
             sources.models_dir,
             unet=sources.unet,
             whisper=sources.whisper,
@@ -105,6 +111,10 @@ def load_pipeline(
             dtype=dtype,
             resolution=settings.resolution,
         )
+        for path, strength in sources.loras:
+            load_lora_into(models.unet, path, strength)
+            logger.info("LoRA %s merged at strength %g", path, strength)
+        return models
 
     models = cache(f"models {sources} {device} {dtype} {settings.resolution}", load)
     syncnet_file = sources.syncnet_file() if settings.speaker == "auto" else None

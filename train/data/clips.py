@@ -16,9 +16,9 @@ from typing import Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from latentsync.errors import ConfigError, MediaError
+from latentsync.face.align import resize_faces
 from latentsync.files import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -95,9 +95,7 @@ def count_frames(path: Path, fps: int = 25) -> int:
 
 def to_pixels(frames: np.ndarray, resolution: int) -> torch.Tensor:
     """``(f, h, w, 3)`` uint8 -> ``(f, 3, R, R)`` float32 in ``[-1, 1]``; resized (bicubic, antialiased) if needed."""
-    pixels = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
-    if pixels.shape[-2:] != (resolution, resolution):
-        pixels = F.interpolate(pixels, size=(resolution, resolution), mode="bicubic", antialias=True)
+    pixels = resize_faces(torch.from_numpy(frames).permute(0, 3, 1, 2).float(), resolution)
     return (pixels / 255.0 - 0.5) / 0.5
 
 
