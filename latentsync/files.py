@@ -9,10 +9,14 @@ creation fail instead of being opened, so the write can never land elsewhere thr
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
+
+# Random bytes in a temporary file's name (written as twice as many hex digits).
+TOKEN_BYTES = 4
 
 
 def create_temporary(path: str | os.PathLike, tag: str = "tmp") -> Path:
@@ -26,9 +30,17 @@ def create_temporary(path: str | os.PathLike, tag: str = "tmp") -> Path:
         OSError: the folder is missing or not writable, or the name exists (``FileExistsError``).
     """
     path = Path(path)
-    temporary = path.with_name(f".{path.stem}.{secrets.token_hex(4)}.{tag}{path.suffix}")
+    temporary = path.with_name(f".{path.stem}.{secrets.token_hex(TOKEN_BYTES)}.{tag}{path.suffix}")
     os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     return temporary
+
+
+def leftover_temporaries(path: str | os.PathLike, tag: str = "tmp") -> list[Path]:
+    """The temporary files of ``path`` (`create_temporary` with ``tag``) still on disk: what writers that were
+    killed before they finished left behind (or what a writer is writing right now)."""
+    path = Path(path)
+    token = "[0-9a-f]" * (2 * TOKEN_BYTES)
+    return sorted(path.parent.glob(f".{glob.escape(path.stem)}.{token}.{tag}{glob.escape(path.suffix)}"))
 
 
 @contextlib.contextmanager

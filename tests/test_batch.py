@@ -178,8 +178,12 @@ def test_changed_setting_and_deleted_output_redo_only_their_rows(one_worker_batc
     out = folder / "out"
     photo_before = decode_frames(out / "photo.mp4")
     (out / "talk.mp4").unlink()
+    leftover, unrelated = out / ".photo.0123abcd.partial.mp4", out / ".other.0123abcd.partial.mp4"
+    leftover.touch()
+    unrelated.touch()
     jobs = write_jobs(folder, inputs, photo_seed="9")
     assert run_cli("batch", str(jobs), *fast(tiny_models_dir), "--quiet") == 1
+    assert not leftover.exists() and unrelated.exists()  # a killed run's temporary file of a row is removed
     report = report_lines(capsys.readouterr().out)
     assert report["talk"].startswith("done") and report["photo"].startswith("done")
     assert report["seed7"].startswith("skipped") and report["broken"].startswith("failed")
@@ -211,6 +215,7 @@ def test_killed_batch_resumes_with_the_unfinished_rows(tmp_path, inputs, tiny_mo
     assert {name for name in GENERATED if report[name].startswith("skipped")} == finished
     assert {name for name in GENERATED if report[name].startswith("done")} == set(GENERATED) - finished
     assert_same_as_singles(tmp_path / "out", singles)
+    assert not list((tmp_path / "out").glob(".*partial*"))  # what the killed run left is gone
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -33,6 +33,8 @@ FALLBACK_AUDIO_RATE = 48000  # used when the source rate is not one AAC can stor
 CONTAINER_SUFFIXES = (".mp4", ".mov", ".mkv")
 # H.264 quality of the output (lower is better; 18 is visually lossless for most content).
 OUTPUT_CRF = 18
+# Tag of the temporary file a video is written to until it is complete (`latentsync.files.create_temporary`).
+PARTIAL_TAG = "partial"
 BT709 = 1  # FFmpeg's enum value for ITU-R BT.709 colourspace, primaries and transfer
 LIMITED_RANGE = 1  # FFmpeg's AVCOL_RANGE_MPEG (16..235)
 # FFmpeg's default layout per channel count, for sources whose channel order is unspecified ("2 channels").
@@ -174,7 +176,7 @@ class VideoWriter:
         self.encoded_width, self.encoded_height = self.width + self.width % 2, self.height + self.height % 2
         self.frames_written = 0
         try:
-            self.temp_path = create_temporary(self.path, tag="partial")
+            self.temp_path = create_temporary(self.path, tag=PARTIAL_TAG)
         except OSError as error:
             raise MediaError(
                 f"Cannot write to the output folder {folder} ({error}); choose a writable folder."

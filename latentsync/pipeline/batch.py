@@ -18,7 +18,8 @@ Resume. Every finished row is appended to a run record (`RECORD_NAME`, beside th
 its inputs (paths, sizes, modification times), its settings and the model files. A re-run skips a row when the
 record has it done with the same fingerprint and its output is still there, as written; a changed setting or input,
 or a missing output, redoes the row; failed rows are always tried again. Outputs appear only when complete (the
-writer renames a temporary file), so a killed run leaves no half-written output.
+writer renames a temporary file), so a killed run leaves no half-written output, only hidden temporary files, which
+the next run removes. One batch at a time writes into a folder.
 """
 
 from __future__ import annotations
@@ -34,8 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, LatentSyncError
+from ..files import leftover_temporaries
 from ..media.audio import AUDIO_SUFFIXES, probe_audio
 from ..media.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+from ..media.writer import PARTIAL_TAG
 from ..parallel import Item, ItemResult, RunRecord, fingerprint, run_items, worker_cache
 from .loading import ModelSources, load_pipeline
 from .models import find_model_files
@@ -344,6 +347,10 @@ def run_batch(
     items = plan_items(rows, options)
     record = BatchRecord(options.record or record_path(rows))
     logger.info("run record: %s", record.path)
+    for row in rows:  # a killed run's unfinished outputs
+        for leftover in leftover_temporaries(row.output, PARTIAL_TAG):
+            logger.info("removing %s, left by an unfinished run", leftover)
+            leftover.unlink(missing_ok=True)
     return run_items(
         lipsync_row,
         items,
