@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 from latentsync.errors import CheckpointError
 from latentsync.models.unet import UNet3DConditionModel
 from latentsync.models.unet_configs import STAGE2, STAGE2_EFFICIENT, TINY, get_unet_config
-from latentsync.models.unet_loading import (
+from latentsync.models.identify import (
     LATENTSYNC_UNET,
     LATENTSYNC_UNET_V10,
     SD_UNET_DIFFUSERS,
@@ -19,8 +19,10 @@ from latentsync.models.unet_loading import (
     UNKNOWN,
     VAE,
     WHISPER,
+    identify_checkpoint,
+)
+from latentsync.models.unet_loading import (
     convert_v10_state_dict,
-    identify_unet_checkpoint,
     infer_unet_config,
     init_unet_from_sd15,
     load_unet,
@@ -129,20 +131,20 @@ def test_bare_state_dict_loads_with_step_zero(tmp_path, tiny_file_state_dict):
 
 def test_identify_checkpoint_kinds():
     tensor = torch.zeros(1)
-    assert identify_unet_checkpoint(meta_state_dict(STAGE2)) == LATENTSYNC_UNET
-    assert identify_unet_checkpoint(meta_state_dict(TINY_STAGE1)) == LATENTSYNC_UNET
-    assert identify_unet_checkpoint(v10_state_dict(meta_state_dict(TINY_STAGE1))) == LATENTSYNC_UNET_V10
-    assert identify_unet_checkpoint(tiny_sd_unet_state_dict(device="meta")) == SD_UNET_DIFFUSERS
-    assert identify_unet_checkpoint({"model.diffusion_model.input_blocks.0.0.weight": tensor}) == SD_UNET_ORIGINAL
-    assert identify_unet_checkpoint(tiny_vae_state_dict()) == VAE
+    assert identify_checkpoint(meta_state_dict(STAGE2)) == LATENTSYNC_UNET
+    assert identify_checkpoint(meta_state_dict(TINY_STAGE1)) == LATENTSYNC_UNET
+    assert identify_checkpoint(v10_state_dict(meta_state_dict(TINY_STAGE1))) == LATENTSYNC_UNET_V10
+    assert identify_checkpoint(tiny_sd_unet_state_dict(device="meta")) == SD_UNET_DIFFUSERS
+    assert identify_checkpoint({"model.diffusion_model.input_blocks.0.0.weight": tensor}) == SD_UNET_ORIGINAL
+    assert identify_checkpoint(tiny_vae_state_dict()) == VAE
     whisper = {"encoder.positional_embedding": tensor, "encoder.conv1.weight": tensor, "decoder.ln.weight": tensor}
-    assert identify_unet_checkpoint(whisper) == WHISPER
+    assert identify_checkpoint(whisper) == WHISPER
     assert (
-        identify_unet_checkpoint({"audio_encoder.conv_in.weight": tensor, "visual_encoder.conv_in.weight": tensor})
+        identify_checkpoint({"audio_encoder.conv_in.weight": tensor, "visual_encoder.conv_in.weight": tensor})
         == SYNCNET
     )
-    assert identify_unet_checkpoint({"linear.weight": tensor}) == UNKNOWN
-    assert identify_unet_checkpoint({}) == UNKNOWN
+    assert identify_checkpoint({"linear.weight": tensor}) == UNKNOWN
+    assert identify_checkpoint({}) == UNKNOWN
 
 
 INFER_CASES = {

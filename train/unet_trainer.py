@@ -26,12 +26,11 @@ from torch import nn
 
 from latentsync.checkpoint import load_state_dict_strict, read_checkpoint
 from latentsync.errors import CheckpointError, ConfigError
+from latentsync.models.identify import LATENTSYNC_UNET, identify_checkpoint
 from latentsync.models.lora import read_lora, save_lora
 from latentsync.models.unet import UNet3DConditionModel
 from latentsync.models.unet_configs import get_unet_config
 from latentsync.models.unet_loading import (
-    LATENTSYNC_UNET,
-    identify_unet_checkpoint,
     infer_unet_config,
     init_unet_from_sd15,
     load_unet,
@@ -70,7 +69,7 @@ def initial_unet(config: Config) -> UNet3DConditionModel:
         logger.info("No model.init_checkpoint: the UNet starts from its construction values.")
         return UNet3DConditionModel.from_config(architecture).train()
     state_dict = read_checkpoint(path, container_keys=("state_dict", "model_state_dict")).state_dict
-    kind = identify_unet_checkpoint(state_dict)
+    kind = identify_checkpoint(state_dict)
     without_motion = kind == LATENTSYNC_UNET and not infer_unet_config(state_dict)["use_motion_module"]
     if kind != LATENTSYNC_UNET or (without_motion and architecture["use_motion_module"]):
         unet, report = init_unet_from_sd15(state_dict, architecture)

@@ -29,6 +29,8 @@ from torch import nn
 
 from ..checkpoint import load_state_dict_strict, read_checkpoint
 from ..errors import CheckpointError, ConfigError
+from ..models.attention import multi_head_attention
+from ..models.identify import CHECKPOINT_KINDS, UNKNOWN, WHISPER, identify_checkpoint
 from .mel import as_waveform, mel_filterbank, stft
 
 SAMPLE_RATE = 16000
@@ -88,13 +90,8 @@ class WhisperAttention(nn.Module):
         OpenAI scales q and k by ``head_dim^-0.25`` each; that is the usual ``1 / sqrt(head_dim)`` softmax scale of
         `scaled_dot_product_attention` on unscaled q and k.
         """
-        # (b, s, d) -> (b, heads, s, head_dim)
-        query, key, value = (
-            projection(hidden_states).unflatten(-1, (self.n_head, -1)).transpose(1, 2)
-            for projection in (self.query, self.key, self.value)
-        )
-        attended = F.scaled_dot_product_attention(query, key, value)
-        return self.out(attended.transpose(1, 2).flatten(2))
+        query, key, value = self.query(hidden_states), self.key(hidden_states), self.value(hidden_states)
+        return self.out(multi_head_attention(query, key, value, self.n_head))
 
 
 class WhisperEncoderBlock(nn.Module):
@@ -269,12 +266,11 @@ def _validated_dims(dims: object, source: str, keys: tuple[str, ...]) -> dict[st
     return {key: int(value) for key, value in dims.items()}
 
 
-def _describe_foreign(keys: list[str]) -> str:
+def _describe_foreign(state_dict: Mapping[str, torch.Tensor]) -> str:
     """A sentence saying what a file without Whisper encoder keys seems to be."""
-    if any(key.startswith(("down_blocks.", "conv_in.")) for key in keys):
-        return "It looks like a LatentSync UNet checkpoint; pick the Whisper file (checkpoints/whisper/tiny.pt)."
-    if any(key.startswith(("audio_encoder.", "visual_encoder.")) for key in keys):
-        return "It looks like a SyncNet checkpoint; pick the Whisper file (checkpoints/whisper/tiny.pt)."
+    kind = identify_checkpoint(state_dict)
+    if kind not in (WHISPER, UNKNOWN):
+        return f"It looks like {CHECKPOINT_KINDS[kind]}; pick the Whisper file (checkpoints/whisper/tiny.pt)."
     return "It is not an OpenAI Whisper checkpoint (expected keys such as encoder.conv1.weight)."
 
 
@@ -299,9 +295,8 @@ def load_whisper(
             f"{error} Expected an OpenAI Whisper checkpoint such as checkpoints/whisper/tiny.pt."
         ) from error
     source = str(checkpoint.path)
-    keys = list(checkpoint.state_dict)
-    if not any(key.startswith("encoder.") for key in keys):
-        raise CheckpointError(f"{source} holds no Whisper encoder weights. {_describe_foreign(keys)}")
+    if not any(key.startswith("encoder.") for key in checkpoint.state_dict):
+        raise CheckpointError(f"{source} holds no Whisper encoder weights. {_describe_foreign(checkpoint.state_dict)}")
     dims = _validated_dims(checkpoint.extra.get("dims"), source, ENCODER_DIMS)
 
     with torch.device("meta"):

@@ -1,9 +1,10 @@
-"""Attention layers of the LatentSync UNet: the per-frame spatial transformer with audio cross-attention.
+"""Attention and feed-forward layers shared by the models, and the UNet's per-frame spatial transformer.
 
 As in diffusers, an `Attention` module owns the projection weights (``to_q``, ``to_k``, ``to_v``, ``to_out.0``)
-and delegates the arithmetic to a processor object (`AttnProcessor` uses
-`torch.nn.functional.scaled_dot_product_attention`), so the kernel can be swapped without touching weights.
-Key names equal those of the diffusers SD-1.5 UNet, which is how stage-1 training starts from SD-1.5.
+and delegates the arithmetic to a processor object (`AttnProcessor` uses `multi_head_attention`), so the kernel
+can be swapped without touching weights. Key names equal those of diffusers' ``Attention`` and ``FeedForward``
+(``activation_fn="geglu"``): the UNet's match the SD-1.5 UNet (which is how stage-1 training starts from SD-1.5),
+the SyncNet's the official StableSyncNet. Whisper keeps OpenAI's key names and shares `multi_head_attention`.
 """
 
 from __future__ import annotations
@@ -26,8 +27,28 @@ class AttentionProcessor(Protocol):
     ) -> torch.Tensor: ...
 
 
+def split_heads(tensor: torch.Tensor, heads: int) -> torch.Tensor:
+    """``(n, l, heads * head_size)`` -> ``(n, heads, l, head_size)``."""
+    batch, length, channels = tensor.shape
+    return tensor.reshape(batch, length, heads, channels // heads).transpose(1, 2)
+
+
+def merge_heads(tensor: torch.Tensor) -> torch.Tensor:
+    """``(n, heads, l, head_size)`` -> ``(n, l, heads * head_size)``."""
+    batch, heads, length, head_size = tensor.shape
+    return tensor.transpose(1, 2).reshape(batch, length, heads * head_size)
+
+
+def multi_head_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, heads: int) -> torch.Tensor:
+    """Multi-head attention of projected tokens with `F.scaled_dot_product_attention` (softmax scale
+    ``1 / sqrt(head_size)``, no mask): query ``(n, l, c)``, key and value ``(n, s, c)`` -> ``(n, l, c)``."""
+    query, key, value = (split_heads(tensor, heads) for tensor in (query, key, value))
+    # the output of sdp = (n, heads, l, head_size)
+    return merge_heads(F.scaled_dot_product_attention(query, key, value))
+
+
 class AttnProcessor:
-    """Multi-head attention with `F.scaled_dot_product_attention` (softmax scale ``1 / sqrt(head_size)``, no mask).
+    """`multi_head_attention` of the projections, then the output projection (and its dropout).
 
     hidden_states ``(n, l, query_dim)``, encoder_hidden_states ``(n, s, cross_attention_dim)`` or None for
     self-attention -> ``(n, l, query_dim)``.
@@ -37,47 +58,50 @@ class AttnProcessor:
         self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None
     ) -> torch.Tensor:
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        query = attn.split_heads(attn.to_q(hidden_states))
-        key = attn.split_heads(attn.to_k(context))
-        value = attn.split_heads(attn.to_v(context))
-
-        # the output of sdp = (n, heads, l, head_size)
-        hidden_states = F.scaled_dot_product_attention(query, key, value)
-        return attn.to_out[0](attn.merge_heads(hidden_states))
+        query, key, value = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
+        hidden_states = multi_head_attention(query, key, value, attn.heads)
+        for layer in attn.to_out:
+            hidden_states = layer(hidden_states)
+        return hidden_states
 
 
 class Attention(nn.Module):
-    """Weights of one multi-head attention: q/k/v projections without bias, output projection with bias.
+    """Weights of one multi-head attention: q/k/v projections (biased with ``bias``), output projection with bias
+    and dropout (diffusers' ``to_out.0`` / ``to_out.1``).
 
     Args:
         query_dim: channels of the queries (and of the output).
         heads: number of heads; head size is ``query_dim // heads``.
         cross_attention_dim: channels of the keys/values source; None for self-attention.
+        bias: q/k/v projections with bias (the SyncNet's; the UNet's have none).
+        dropout: dropout after the output projection.
     """
 
-    def __init__(self, query_dim: int, heads: int, cross_attention_dim: int | None = None):
+    def __init__(
+        self,
+        query_dim: int,
+        heads: int,
+        cross_attention_dim: int | None = None,
+        bias: bool = False,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         context_dim = query_dim if cross_attention_dim is None else cross_attention_dim
         self.heads = heads
-        self.to_q = nn.Linear(query_dim, query_dim, bias=False)
-        self.to_k = nn.Linear(context_dim, query_dim, bias=False)
-        self.to_v = nn.Linear(context_dim, query_dim, bias=False)
-        # A list so the projection is named `to_out.0` as in diffusers (whose `to_out.1` is a dropout).
-        self.to_out = nn.ModuleList([nn.Linear(query_dim, query_dim)])
+        self.to_q = nn.Linear(query_dim, query_dim, bias=bias)
+        self.to_k = nn.Linear(context_dim, query_dim, bias=bias)
+        self.to_v = nn.Linear(context_dim, query_dim, bias=bias)
+        self.to_out = nn.ModuleList([nn.Linear(query_dim, query_dim), nn.Dropout(dropout)])
         self.processor: AttentionProcessor = AttnProcessor()
 
     def set_processor(self, processor: AttentionProcessor) -> None:
         self.processor = processor
 
     def split_heads(self, tensor: torch.Tensor) -> torch.Tensor:
-        """``(n, l, heads * head_size)`` -> ``(n, heads, l, head_size)``."""
-        batch, length, channels = tensor.shape
-        return tensor.reshape(batch, length, self.heads, channels // self.heads).transpose(1, 2)
+        """``(n, l, heads * head_size)`` -> ``(n, heads, l, head_size)`` (for processors)."""
+        return split_heads(tensor, self.heads)
 
-    def merge_heads(self, tensor: torch.Tensor) -> torch.Tensor:
-        """``(n, heads, l, head_size)`` -> ``(n, l, heads * head_size)``."""
-        batch, heads, length, head_size = tensor.shape
-        return tensor.transpose(1, 2).reshape(batch, length, heads * head_size)
+    merge_heads = staticmethod(merge_heads)
 
     def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None) -> torch.Tensor:
         """hidden_states ``(n, l, query_dim)``, encoder_hidden_states ``(n, s, cross_attention_dim)`` or None
@@ -98,13 +122,13 @@ class GEGLU(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """GEGLU ``dim -> 4 * dim`` then Linear ``4 * dim -> dim``: ``(..., dim)`` -> ``(..., dim)``."""
+    """GEGLU ``dim -> 4 * dim``, dropout, Linear ``4 * dim -> dim``: ``(..., dim)`` -> ``(..., dim)``; keys
+    ``net.0.proj`` and ``net.2`` as diffusers' ``FeedForward(dim, activation_fn="geglu")``."""
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, dropout: float = 0.0):
         super().__init__()
         inner_dim = dim * FEED_FORWARD_MULT
-        # Slot 1 stands where diffusers keeps a dropout, so the keys are `net.0.proj` and `net.2` as in SD-1.5.
-        self.net = nn.ModuleList([GEGLU(dim, inner_dim), nn.Identity(), nn.Linear(inner_dim, dim)])
+        self.net = nn.ModuleList([GEGLU(dim, inner_dim), nn.Dropout(dropout), nn.Linear(inner_dim, dim)])
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         for layer in self.net:

@@ -31,12 +31,13 @@ from torch.utils.checkpoint import checkpoint
 
 from ..checkpoint import Checkpoint, load_state_dict_strict, read_checkpoint, save_checkpoint
 from ..errors import CheckpointError, ConfigError
+from .attention import Attention, FeedForward
+from .identify import CHECKPOINT_KINDS, SYNCNET, UNKNOWN, identify_checkpoint
 from .syncnet_configs import DEFAULT_SYNCNET_CONFIG, OFFICIAL_SYNCNET_CONFIGS, SYNCNET_CONFIGS, get_syncnet_config
 
 NORM_NUM_GROUPS = 32
 NORM_EPS = 1e-6
 ATTENTION_HEADS = 8
-FEED_FORWARD_MULT = 4
 # eval/eval_syncnet_acc.py predicts "in sync" when the cosine similarity exceeds this.
 SYNC_THRESHOLD = 0.5
 
@@ -201,60 +202,6 @@ class ResnetDownBlock2D(nn.Module):
         return hidden_states
 
 
-class SelfAttention(nn.Module):
-    """Multi-head self-attention with biased q/k/v projections; the math is `scaled_dot_product_attention`.
-
-    ``(b, n, dim) -> (b, n, dim)``.
-    """
-
-    def __init__(self, dim: int, heads: int, dropout: float):
-        super().__init__()
-        self.heads = heads
-        self.to_q = nn.Linear(dim, dim)
-        self.to_k = nn.Linear(dim, dim)
-        self.to_v = nn.Linear(dim, dim)
-        self.to_out = nn.ModuleList([nn.Linear(dim, dim), nn.Dropout(dropout)])
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        batch, tokens, dim = hidden_states.shape
-        # (b, n, dim) -> (b, heads, n, dim / heads)
-        query, key, value = (
-            proj(hidden_states).reshape(batch, tokens, self.heads, dim // self.heads).transpose(1, 2)
-            for proj in (self.to_q, self.to_k, self.to_v)
-        )
-        hidden_states = F.scaled_dot_product_attention(query, key, value)
-        hidden_states = hidden_states.transpose(1, 2).reshape(batch, tokens, dim)
-        for layer in self.to_out:
-            hidden_states = layer(hidden_states)
-        return hidden_states
-
-
-class GEGLU(nn.Module):
-    """``(..., dim_in) -> (..., dim_out)``: one projection to ``2 * dim_out``, value half times GELU(gate half)."""
-
-    def __init__(self, dim_in: int, dim_out: int):
-        super().__init__()
-        self.proj = nn.Linear(dim_in, dim_out * 2)
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        value, gate = self.proj(hidden_states).chunk(2, dim=-1)
-        return value * F.gelu(gate)
-
-
-class FeedForward(nn.Module):
-    """GEGLU feed-forward with a 4x hidden width (diffusers' ``FeedForward(dim, activation_fn="geglu")`` layout)."""
-
-    def __init__(self, dim: int, dropout: float):
-        super().__init__()
-        inner_dim = dim * FEED_FORWARD_MULT
-        self.net = nn.ModuleList([GEGLU(dim, inner_dim), nn.Dropout(dropout), nn.Linear(inner_dim, dim)])
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        for layer in self.net:
-            hidden_states = layer(hidden_states)
-        return hidden_states
-
-
 class AttentionBlock2D(nn.Module):
     """Self-attention over the pixels of a feature map. ``(b, c, h, w) -> (b, c, h, w)``.
 
@@ -271,7 +218,7 @@ class AttentionBlock2D(nn.Module):
         self.ff = FeedForward(channels, dropout)
         self.conv_in = nn.Conv2d(channels, channels, kernel_size=1)
         self.conv_out = nn.Conv2d(channels, channels, kernel_size=1)
-        self.attn = SelfAttention(channels, ATTENTION_HEADS, dropout)
+        self.attn = Attention(channels, ATTENTION_HEADS, bias=True, dropout=dropout)
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         return height, width
@@ -511,27 +458,12 @@ def cosine_loss(vision_embeds: torch.Tensor, audio_embeds: torch.Tensor, y: torc
 
 def describe_foreign_state_dict(state_dict: Mapping[str, torch.Tensor]) -> str:
     """A sentence saying what a state dict that is not a StableSyncNet looks like, or ``""`` if it may be one."""
-    keys = list(state_dict)
-    if any(k.startswith("module.audio_encoder.") for k in keys):
-        return (
-            "Its keys start with 'module.' (saved from a DistributedDataParallel wrapper instead of its .module); "
-            "strip that prefix and save it again."
-        )
-    if any(".conv_block." in k for k in keys):
-        return "It looks like a Wav2Lip-style SyncNet (conv_block layers), a different architecture."
-    if any(k.startswith(("netcnnaud.", "netcnnlip.")) for k in keys):
-        return (
-            "It looks like syncnet_v2.model, the SyncNet used for LSE-C/LSE-D scoring, not LatentSync's "
-            "StableSyncNet (stable_syncnet.pt)."
-        )
-    if any(k.startswith("time_embedding.") or k.startswith("up_blocks.") for k in keys):
-        return "It looks like a LatentSync UNet (latentsync_unet.pt); load it with the UNet loader."
-    if any(k.startswith(("encoder.blocks.", "decoder.blocks.")) for k in keys):
-        return "It looks like a Whisper model (whisper/tiny.pt); load it with the audio encoder loader."
-    if any(k.startswith("encoder.down_blocks.") for k in keys) or any(k.startswith("quant_conv.") for k in keys):
-        return "It looks like a VAE (AutoencoderKL), not a SyncNet."
+    kind = identify_checkpoint(state_dict)
+    if kind not in (SYNCNET, UNKNOWN):
+        return f"It looks like {CHECKPOINT_KINDS[kind]}."
     for name in ENCODER_NAMES:
         if f"{name}.conv_in.weight" not in state_dict:
+            keys = list(state_dict)
             return f"It has no {name}.conv_in.weight (first keys: {', '.join(keys[:4]) or 'none'})."
     return ""
 

@@ -3,8 +3,9 @@
 * `load_unet` reads an official checkpoint (``{"state_dict", "global_step"}`` ``.pt``), a bare state dict or a
   ``.safetensors`` file, builds the model on the meta device and loads it **strictly**: every key and shape must
   match, otherwise a `CheckpointError` names the offending keys and says what the file looks like.
-* `identify_unet_checkpoint` tells a LatentSync UNet from the files people mix it up with (LatentSync 1.0,
-  SD-1.5 UNets, VAEs, Whisper, SyncNet); `infer_unet_config` reads the architecture from keys and shapes.
+* `latentsync.models.identify.identify_checkpoint` tells a LatentSync UNet from the files people mix it up with
+  (LatentSync 1.0, SD-1.5 UNets, VAEs, Whisper, SyncNet); `infer_unet_config` reads the architecture from keys
+  and shapes.
 * `init_unet_from_sd15` is the one place where weights may be dropped: it applies the reference's rule for
   starting from an SD-1.5 UNet (see the fixture README, section 1) and reports what it dropped and kept.
 * `save_unet` writes the official ``.pt`` container or ``.safetensors`` with the config in its metadata.
@@ -31,46 +32,20 @@ from ..checkpoint import (
     state_dict_mismatches,
 )
 from ..errors import CheckpointError
+from .identify import (
+    CHECKPOINT_KINDS,
+    LATENTSYNC_UNET,
+    SD_UNET_DIFFUSERS,
+    block_indices,
+    cross_attention_dim_of,
+    identify_checkpoint,
+)
 from .unet import UNet3DConditionModel
 from .unet_configs import STAGE2, UNET_CONFIG_KEYS, UNET_CONFIGS, get_unet_config
-
-# What `identify_unet_checkpoint` returns.
-LATENTSYNC_UNET = "latentsync_unet"
-LATENTSYNC_UNET_V10 = "latentsync_unet_v1.0"
-SD_UNET_DIFFUSERS = "sd_unet_diffusers"
-SD_UNET_ORIGINAL = "sd_unet_original"
-VAE = "vae"
-WHISPER = "whisper"
-SYNCNET = "syncnet"
-UNKNOWN = "unknown"
-
-CHECKPOINT_KINDS = {
-    LATENTSYNC_UNET: "a LatentSync 1.5/1.6 UNet",
-    LATENTSYNC_UNET_V10: (
-        "a LatentSync 1.0 UNet (audio cross-attention stored as `audio_cross_attn.*`). Convert it with "
-        "`convert_v10_state_dict` and save it again, or use the LatentSync 1.5/1.6 checkpoint"
-    ),
-    SD_UNET_DIFFUSERS: (
-        "a Stable Diffusion UNet in diffusers layout (text cross-attention). Stage-1 training starts from it "
-        "with `init_unet_from_sd15`; it cannot be used for lip sync as it is"
-    ),
-    SD_UNET_ORIGINAL: (
-        "a Stable Diffusion checkpoint in the original CompVis layout (`model.diffusion_model.*`). Convert its "
-        "UNet to diffusers key names first"
-    ),
-    VAE: "a VAE (`encoder.*`, `decoder.*`, `quant_conv`); load it as the VAE instead",
-    WHISPER: "a Whisper audio model; load it as the audio encoder instead",
-    SYNCNET: "a SyncNet (`audio_encoder.*`, `visual_encoder.*`); load it as the SyncNet instead",
-    UNKNOWN: "no model this library knows",
-}
 
 # `init_unet_from_sd15` may leave these model keys at their construction values (besides the dropped ones):
 # SD-1.5 has no temporal layers.
 _SD15_ABSENT_MODULES = ("motion_modules.",)
-# Shapes that mark a text-to-image UNet: latent (4), pix2pix (8) or inpainting (9) input channels and CLIP
-# text widths (SD-1.x 768, SD-2.x 1024, SDXL 2048). LatentSync has 13 input channels and 384 (Whisper tiny).
-_SD_IN_CHANNELS = (4, 8, 9)
-_SD_CROSS_ATTENTION_DIMS = (768, 1024, 2048)
 # The only weights the reference drops when a checkpoint does not fit: the input / output convolutions and the
 # cross-attention key/value projections (text width vs audio width).
 _CROSS_ATTENTION_KV = re.compile(r"attn2\.to_[kv]\.")
@@ -81,58 +56,6 @@ UnetConfig = str | Mapping
 
 # ----------------------------------------------------------------------------------------------------------
 # Recognising a file
-
-
-def _block_indices(keys, prefix: str) -> list[int]:
-    """Sorted distinct ``N`` of keys starting with ``{prefix}N.``."""
-    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
-    return sorted({int(match.group(1)) for key in keys if (match := pattern.match(key))})
-
-
-def _cross_attention_dim(state_dict: Mapping[str, torch.Tensor]) -> int | None:
-    for key, tensor in state_dict.items():
-        if key.endswith("attn2.to_k.weight"):
-            return int(tensor.shape[1])
-    return None
-
-
-def identify_unet_checkpoint(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """What kind of model a state dict holds, from its key names (and two shapes).
-
-    Returns:
-        One of `LATENTSYNC_UNET` (any LatentSync 1.5/1.6 UNet, with or without motion modules),
-        `LATENTSYNC_UNET_V10`, `SD_UNET_DIFFUSERS`, `SD_UNET_ORIGINAL`, `VAE`, `WHISPER`, `SYNCNET`, `UNKNOWN`;
-        ``CHECKPOINT_KINDS[kind]`` describes it in words.
-    """
-    keys = list(state_dict)
-
-    def any_key(predicate) -> bool:
-        return any(predicate(key) for key in keys)
-
-    if any_key(lambda k: k.startswith("model.diffusion_model.")):
-        return SD_UNET_ORIGINAL
-    if any_key(lambda k: ".audio_cross_attn." in k):
-        return LATENTSYNC_UNET_V10
-    if any_key(lambda k: k.endswith("encoder.conv1.weight")) and any_key(
-        lambda k: "positional_embedding" in k or "embed_positions" in k
-    ):
-        return WHISPER
-    if any_key(lambda k: k.startswith("audio_encoder.")) and any_key(lambda k: k.startswith("visual_encoder.")):
-        return SYNCNET
-    if any_key(lambda k: k.startswith("quant_conv.")) and any_key(lambda k: k.startswith(("encoder.", "decoder."))):
-        return VAE
-    if (
-        "conv_in.weight" in state_dict
-        and "time_embedding.linear_1.weight" in state_dict
-        and _block_indices(keys, "down_blocks.")
-    ):
-        if any_key(lambda k: "motion_modules." in k):
-            return LATENTSYNC_UNET
-        in_channels = int(state_dict["conv_in.weight"].shape[1])
-        if in_channels in _SD_IN_CHANNELS and _cross_attention_dim(state_dict) in _SD_CROSS_ATTENTION_DIMS:
-            return SD_UNET_DIFFUSERS
-        return LATENTSYNC_UNET
-    return UNKNOWN
 
 
 def infer_unet_config(state_dict: Mapping[str, torch.Tensor]) -> dict:
@@ -153,26 +76,26 @@ def infer_unet_config(state_dict: Mapping[str, torch.Tensor]) -> dict:
         CheckpointError: the state dict is not a diffusers-layout UNet, or its motion modules sit in a pattern no
             config produces.
     """
-    kind = identify_unet_checkpoint(state_dict)
+    kind = identify_checkpoint(state_dict)
     if kind not in (LATENTSYNC_UNET, SD_UNET_DIFFUSERS):
         raise CheckpointError(
             f"Cannot read a UNet config from this state dict: it looks like {CHECKPOINT_KINDS[kind]}."
         )
     keys = list(state_dict)
     shape = {key: tuple(tensor.shape) for key, tensor in state_dict.items()}
-    down_indices = _block_indices(keys, "down_blocks.")
+    down_indices = block_indices(keys, "down_blocks.")
     num_blocks = len(down_indices)
 
     def has(prefix: str) -> bool:
         return any(key.startswith(prefix) for key in keys)
 
     config = get_unet_config("stage2")
-    cross_attention_dim = _cross_attention_dim(state_dict)
+    cross_attention_dim = cross_attention_dim_of(state_dict)
     config.update(
         in_channels=shape["conv_in.weight"][1],
         out_channels=shape["conv_out.weight"][0],
         block_out_channels=[shape[f"down_blocks.{i}.resnets.0.conv1.weight"][0] for i in range(num_blocks)],
-        layers_per_block=len(_block_indices(keys, "down_blocks.0.resnets.")),
+        layers_per_block=len(block_indices(keys, "down_blocks.0.resnets.")),
         down_block_types=[
             "CrossAttnDownBlock3D" if has(f"down_blocks.{i}.attentions.") else "DownBlock3D" for i in range(num_blocks)
         ],
@@ -207,8 +130,8 @@ def infer_unet_config(state_dict: Mapping[str, torch.Tensor]) -> dict:
         motion_module_decoder_only=not down_resolutions and bool(up_resolutions),
     )
     config["motion_module_kwargs"].update(
-        num_transformer_block=len(_block_indices(keys, f"{motion_prefix}temporal_transformer.transformer_blocks.")),
-        attention_block_types=["Temporal_Self"] * len(_block_indices(keys, f"{block_prefix}attention_blocks.")),
+        num_transformer_block=len(block_indices(keys, f"{motion_prefix}temporal_transformer.transformer_blocks.")),
+        attention_block_types=["Temporal_Self"] * len(block_indices(keys, f"{block_prefix}attention_blocks.")),
         temporal_position_encoding=table is not None,
         temporal_position_encoding_max_len=table[1] if table else default_max_len,
         temporal_attention_dim_div=channels // inner_dim,
@@ -218,7 +141,7 @@ def infer_unet_config(state_dict: Mapping[str, torch.Tensor]) -> dict:
 
 def describe_unet_checkpoint(state_dict: Mapping[str, torch.Tensor]) -> str:
     """One or two sentences on what a state dict looks like, for error messages. Never raises."""
-    kind = identify_unet_checkpoint(state_dict)
+    kind = identify_checkpoint(state_dict)
     if kind != LATENTSYNC_UNET:
         return f"The file looks like {CHECKPOINT_KINDS[kind]}; its keys start with {listed_keys(list(state_dict))}."
     try:
@@ -290,7 +213,7 @@ def load_unet(
     """
     checkpoint = read_checkpoint(path, container_keys=("state_dict", "model_state_dict"))
     state_dict = checkpoint.state_dict
-    kind = identify_unet_checkpoint(state_dict)
+    kind = identify_checkpoint(state_dict)
     # A UNet of SD-like shapes still gets the strict key-by-key comparison when a config is given.
     if kind != LATENTSYNC_UNET and (config == "auto" or kind != SD_UNET_DIFFUSERS):
         raise CheckpointError(
@@ -429,7 +352,7 @@ def init_unet_from_sd15(
         source, state_dict = "the SD-1.5 state dict", dict(sd15)
     else:
         source, state_dict = str(sd15), read_checkpoint(sd15).state_dict
-    kind = identify_unet_checkpoint(state_dict)
+    kind = identify_checkpoint(state_dict)
     if kind not in (SD_UNET_DIFFUSERS, LATENTSYNC_UNET):
         raise CheckpointError(
             f"{source} is not an SD-1.5 UNet in diffusers layout. {describe_unet_checkpoint(state_dict)}"
