@@ -38,15 +38,16 @@ class Head:
         return float(self.box[3] - self.box[1])
 
 
-def head_frames(assets_dir: Path, name: str, num_frames: int) -> Head:
-    """The first ``num_frames`` frames of ``{name}_video.mp4`` (25 fps), cut around the face of frame 0."""
+def head_frames(assets_dir: Path, name: str, num_frames: int, start: int = 0) -> Head:
+    """``num_frames`` frames of ``{name}_video.mp4`` (25 fps) from frame ``start``, cut around the face of frame 0
+    (the faces stay within the cut-out through both clips)."""
     x1, y1, x2, y2 = DEMO_FACE_BOXES[name]
     margin = HEAD_MARGIN * (y2 - y1)
     left, top = int(x1 - margin), int(y1 - margin)
     right, bottom = int(x2 + margin), int(y2 + margin)
     frames = []
     with VideoReader(assets_dir / f"{name}_video.mp4") as reader:
-        for _, frame in reader.frames_at_fps(25):
+        for _, frame in reader.frames_at_fps(25, start_index=start):
             frames.append(frame[max(top, 0) : bottom, max(left, 0) : right])
             if len(frames) == num_frames:
                 break
@@ -115,6 +116,7 @@ def two_face_scene(
     size: tuple[int, int] = (480, 270),
     heights: tuple[float, float] = (90.0, 60.0),
     absent: range = range(0),
+    starts: tuple[int, int] = (0, 0),
 ) -> tuple[list[np.ndarray], list[list]]:
     """demo1 on the left and demo2 on the right, speaking as in their clips; demo2 leaves the frame (walks out to the
     right and is not there) during the frames ``absent`` and comes back to its place.
@@ -122,7 +124,7 @@ def two_face_scene(
     Returns:
         the frames and, per frame, the true face boxes ``[demo1, demo2]`` (``None`` when absent).
     """
-    heads = [head_frames(assets_dir, name, num_frames) for name in ("demo1", "demo2")]
+    heads = [head_frames(assets_dir, name, num_frames, start) for name, start in zip(("demo1", "demo2"), starts)]
     width, height = size
     places = [(0.3 * width, 0.5 * height), (0.72 * width, 0.45 * height)]
     frames, boxes = [], []
@@ -136,7 +138,9 @@ def two_face_scene(
     return frames, boxes
 
 
-def speaking_in_turns(assets_dir: Path, num_frames: int, speakers: Sequence[int], size=(480, 270)):
+def speaking_in_turns(
+    assets_dir: Path, num_frames: int, speakers: Sequence[int], starts: tuple[int, int] = (0, 0), size=(480, 270)
+):
     """`two_face_scene` with a sound track in which face ``speakers[k]`` (0: demo1, 1: demo2) is heard in the k-th
     of ``len(speakers)`` equal parts: each part is that demo's own audio at the same times, so the face heard is in
     sync with its lips and the other is not.
@@ -144,9 +148,13 @@ def speaking_in_turns(assets_dir: Path, num_frames: int, speakers: Sequence[int]
     Returns:
         the frames and the 16 kHz mono audio.
     """
-    frames, _ = two_face_scene(assets_dir, num_frames, size)
-    voices = [load_audio(assets_dir / f"{name}_audio.wav", SAMPLE_RATE) for name in ("demo1", "demo2")]
-    audio = np.zeros(num_frames * SAMPLE_RATE // 25, np.float32)
+    frames, _ = two_face_scene(assets_dir, num_frames, size, starts=starts)
+    samples_per_frame = SAMPLE_RATE // 25
+    voices = [
+        load_audio(assets_dir / f"{name}_audio.wav", SAMPLE_RATE)[start * samples_per_frame :]
+        for name, start in zip(("demo1", "demo2"), starts)
+    ]
+    audio = np.zeros(num_frames * samples_per_frame, np.float32)
     edges = np.linspace(0, len(audio), len(speakers) + 1).astype(int)
     for speaker, first, last in zip(speakers, edges, edges[1:]):
         audio[first:last] = voices[speaker][first:last]
