@@ -96,6 +96,15 @@ class SyncNetInput:
         """Faces are aligned at this size (the aligner's 256 or 512), then resized to ``resolution`` if it differs."""
         return self.resolution if self.resolution in SUPPORTED_RESOLUTIONS else SUPPORTED_RESOLUTIONS[0]
 
+    def face(self, aligner: FaceAligner, frame: np.ndarray, points: np.ndarray) -> torch.Tensor:
+        """The face of ``frame`` as this SyncNet takes it: aligned on ``points`` by ``aligner`` (made at
+        `align_resolution`; its smoothing state moves on), resized to ``resolution``: ``(3, R, R)``, uint8 when no
+        resize is needed, else float in ``[-1, 1]``."""
+        face = torch.from_numpy(aligner.align(frame, aligner.estimate_affine(points))).permute(2, 0, 1)
+        if self.resolution != self.align_resolution:
+            face = resize_faces(as_face_tensor(face)[None], self.resolution)[0]
+        return face
+
     @classmethod
     def for_model(cls, syncnet: StableSyncNet, data: Mapping | None = None) -> SyncNetInput:
         """From a config ``data`` section; by default the model's own (`StableSyncNet.data_config`), else the
@@ -547,10 +556,7 @@ def score_frames(
             aligner.reset()
             embedder.push(None)
         else:
-            face = torch.from_numpy(aligner.align(frame, aligner.estimate_affine(points))).permute(2, 0, 1)
-            if spec.resolution != spec.align_resolution:
-                face = resize_faces(as_face_tensor(face)[None], spec.resolution)[0]
-            embedder.push(face)
+            embedder.push(spec.face(aligner, frame, points))
         if progress is not None:
             progress(embedder.num_pushed, total)
 

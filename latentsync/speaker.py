@@ -31,7 +31,6 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .errors import ConfigError, NoFaceError
 from .face.align import FaceAligner
@@ -262,7 +261,7 @@ class ActiveSpeakerScorer:
             aligner = self._aligners[track.track_id]
             face = None
             if point is not None:
-                face = torch.from_numpy(aligner.align(frame, aligner.estimate_affine(point.points3))).permute(2, 0, 1)
+                face = self.spec.face(aligner, frame, point.points3)
             else:
                 aligner.reset()
             for _ in range(repeats):
@@ -276,7 +275,7 @@ class ActiveSpeakerScorer:
 
     def _embedder(self, track_id: int) -> FaceWindowEmbedder:
         if track_id not in self._embedders:
-            self._aligners[track_id] = FaceAligner(self.spec.resolution, smooth=True)
+            self._aligners[track_id] = FaceAligner(self.spec.align_resolution, smooth=True)
             embedder = FaceWindowEmbedder(self.syncnet, self.spec, AUTO_MAX_OFFSET, None, self.stride, self.batch_size)
             for _ in range(self._num_model_frames):  # a new track: no face before it appeared
                 embedder.push(None)
