@@ -8,8 +8,11 @@ and the tiny random UNet really generates the mouth), a few frames long, one den
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -137,7 +140,7 @@ def report_lines(text: str) -> dict[str, str]:
     lines = {}
     for line in text.splitlines():
         for number, name in enumerate(ROWS, start=2):
-            if f"jobs.csv line {number}:" in line:
+            if re.search(rf"jobs\.csv line {number}\b", line):
                 lines[name] = line
     return lines
 
@@ -150,31 +153,34 @@ def report_lines(text: str) -> dict[str, str]:
 def one_worker_batch(tmp_path_factory, inputs, tiny_models_dir):
     folder = tmp_path_factory.mktemp("one_worker")
     jobs = write_jobs(folder, inputs)
-    return folder, run_cli("batch", str(jobs), *fast(tiny_models_dir), "--workers", "1", "--quiet")
+    with contextlib.redirect_stdout(io.StringIO()) as stdout:
+        code = run_cli("batch", str(jobs), *fast(tiny_models_dir), "--workers", "1", "--quiet")
+    return folder, code, stdout.getvalue()
 
 
 @pytest.mark.parametrize("mode", ["1 worker", "2 workers", "ray local"])
 def test_batch_matches_single_runs(mode, one_worker_batch, tmp_path, inputs, tiny_models_dir, singles, capsys):
     if mode == "1 worker":
-        folder, code = one_worker_batch
+        folder, code, report_text = one_worker_batch
     else:
         folder = tmp_path
         scale = ["--workers", "2"] if mode == "2 workers" else ["--ray", "local", "--workers", "2"]
         code = run_cli("batch", str(write_jobs(folder, inputs)), *fast(tiny_models_dir), *scale, "--quiet")
+        report_text = capsys.readouterr().out
     assert code == 1  # a row failed
     assert_same_as_singles(folder / "out", singles)
     assert not (folder / "out" / "broken.mp4").exists()
-    if mode != "1 worker":
-        report = report_lines(capsys.readouterr().out)
-        assert report["broken"].startswith("failed") and "broken.mp4 is not a readable video" in report["broken"]
-        assert all(report[name].startswith("done") for name in GENERATED)
-        assert "(8 frames," in report["talk"] and "(6 frames," in report["photo"]
+    report = report_lines(report_text)
+    assert report["broken"].startswith("failed") and "broken.mp4 is not a readable video" in report["broken"]
+    assert all(report[name].startswith("done") for name in GENERATED)
+    assert "(8 frames," in report["talk"] and "(6 frames," in report["photo"]
+    assert "3 done, 0 skipped, 1 failed; 20 frames written" in report_text
     statuses = {Path(entry["key"]).stem: entry["status"] for entry in record_entries(folder / "out")}
     assert statuses == {"talk": "done", "photo": "done", "broken": "failed", "seed7": "done"}
 
 
 def test_changed_setting_and_deleted_output_redo_only_their_rows(one_worker_batch, inputs, tiny_models_dir, capsys):
-    folder, _ = one_worker_batch
+    folder, _, _ = one_worker_batch
     out = folder / "out"
     photo_before = decode_frames(out / "photo.mp4")
     (out / "talk.mp4").unlink()

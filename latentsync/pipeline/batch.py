@@ -295,6 +295,18 @@ def _expected_frames(row: BatchRow) -> float:
         return UNKNOWN_ROW_FRAMES
 
 
+def _model_identity(sources: ModelSources) -> list:
+    """Identities of every model file a row may use (a changed model redoes the rows).
+
+    Raises:
+        CheckpointError: a model is missing (found before any row runs).
+    """
+    files = find_model_files(sources.models_dir, sources.unet, sources.whisper, sources.vae)
+    others = (sources.syncnet_file(), sources.detector_models and Path(sources.detector_models))
+    identity = [_file_identity(path) for path in (*dataclasses.astuple(files), *others)]
+    return identity + [[_file_identity(Path(lora)), strength] for lora, strength in sources.loras]
+
+
 def plan_items(rows: Iterable[BatchRow], options: BatchOptions) -> list[Item]:
     """One engine `Item` per row: key the output path, payload a `RowJob`, fingerprint of everything that makes the
     output, weight the expected frames.
@@ -303,11 +315,7 @@ def plan_items(rows: Iterable[BatchRow], options: BatchOptions) -> list[Item]:
         ConfigError: two rows with one output, or a row whose merged settings are out of bounds.
         CheckpointError: a model file is missing (found before any row runs).
     """
-    models = find_model_files(options.sources.models_dir, options.sources.unet, options.sources.whisper,
-                              options.sources.vae)  # fmt: skip
-    detector_models = options.sources.detector_models
-    model_files = (*dataclasses.astuple(models), options.sources.syncnet_file(), detector_models and Path(detector_models))
-    model_identity = [_file_identity(path) for path in model_files]
+    model_identity = _model_identity(options.sources)
     items, names = [], {}
     for row in rows:
         key = str(row.output.absolute())
@@ -318,9 +326,7 @@ def plan_items(rows: Iterable[BatchRow], options: BatchOptions) -> list[Item]:
             settings = options.settings.replace(**row.settings)
         except ConfigError as error:
             raise ConfigError(f"{row.name}: {error}") from None
-        job = RowJob(
-            options.sources, settings, options.speed, str(row.video), row.audio and str(row.audio), key
-        )
+        job = RowJob(options.sources, settings, options.speed, str(row.video), row.audio and str(row.audio), key)
         made_of = (_file_identity(row.video), _file_identity(row.audio), dataclasses.asdict(settings),
                    dataclasses.asdict(options.speed), model_identity)  # fmt: skip
         items.append(Item(key, job, fingerprint(*made_of), _expected_frames(row)))
@@ -366,15 +372,16 @@ def run_batch(
 
 
 def batch_report(rows: list[BatchRow], results: list[ItemResult]) -> str:
-    """The closing report: one line per row (status, frames, seconds of work, output or error), then the counts."""
+    """The closing report: one line per row (status, seconds of work, frames and output, or the error), then the
+    counts and the frames written."""
     lines = []
     for row, result in zip(rows, results, strict=True):
-        if result.status == "failed":
-            lines.append(f"failed   {row.name}: {result.error}")
-            continue
-        frames = result.record["frames"]
         seconds = "done earlier" if result.status == "skipped" else f"{result.seconds:.1f} s"
-        lines.append(f"{result.status:<8} {row.name}: {row.output} ({frames} frames, {seconds})")
+        if result.status == "failed":
+            lines.append(f"failed   {row.name} ({seconds}): {result.error}")
+        else:
+            lines.append(f"{result.status:<8} {row.name}: {row.output} ({result.record['frames']} frames, {seconds})")
     counts = {status: sum(result.status == status for result in results) for status in ("done", "skipped", "failed")}
-    lines.append(", ".join(f"{count} {status}" for status, count in counts.items()))
+    written = sum(result.record["frames"] for result in results if result.status == "done")
+    lines.append(", ".join(f"{count} {status}" for status, count in counts.items()) + f"; {written} frames written")
     return "\n".join(lines)
