@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .conventions import MODEL_SAMPLE_RATE, SAMPLES_PER_MODEL_FRAME, VAE_SCALE_FACTOR
 from .errors import ConfigError
 from .face.detectors import Face, FaceDetector
 from .models.unet import UNet3DConditionModel
@@ -206,7 +207,7 @@ class SamplerInputs:
     seed: int = 0
 
     def __post_init__(self):
-        if self.resolution % 8 or self.resolution < 16:
+        if self.resolution % VAE_SCALE_FACTOR or self.resolution < 16:
             raise ConfigError(f"resolution must be a multiple of 8 and at least 16, got {self.resolution}")
         if self.num_frames < 1 or self.num_windows < 1 or self.num_inference_steps < 1:
             raise ConfigError("frames, windows and steps must be at least 1")
@@ -233,7 +234,7 @@ def bench_sampler(
     """
     device, _ = _model_device_dtype(unet)
     resolution, num_frames = inputs.resolution, inputs.num_frames
-    latent_size = resolution // 8
+    latent_size = resolution // VAE_SCALE_FACTOR
     generator = torch.Generator().manual_seed(inputs.seed)
     total = num_frames * inputs.num_windows
     faces = torch.rand(total, 3, resolution, resolution, generator=generator) * 2 - 1
@@ -308,8 +309,8 @@ def write_test_clip(folder: Path, num_frames: int, size: tuple[int, int] = (640,
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-    sample_rate = 16000
-    seconds = np.arange(num_frames * sample_rate // 25) / sample_rate
+    sample_rate = MODEL_SAMPLE_RATE
+    seconds = np.arange(num_frames * SAMPLES_PER_MODEL_FRAME) / sample_rate
     tones = 0.3 * np.sin(2 * np.pi * 180 * seconds) * (1 + np.sin(2 * np.pi * 3 * seconds)) / 2
     with wave.open(str(audio_path), "wb") as handle:
         handle.setnchannels(1)
@@ -322,9 +323,9 @@ def write_test_clip(folder: Path, num_frames: int, size: tuple[int, int] = (640,
 def cut_audio(audio_path: Path, num_frames: int, folder: Path) -> Path:
     """The first ``num_frames / 25`` seconds of ``audio_path`` as a 16 kHz mono WAV in ``folder`` (so a long clip
     is benchmarked on its first frames: the pipeline trims the video to the audio)."""
-    from .media.audio import MODEL_SAMPLE_RATE, load_audio
+    from .media.audio import load_audio
 
-    samples = load_audio(audio_path, MODEL_SAMPLE_RATE)[: num_frames * MODEL_SAMPLE_RATE // 25]
+    samples = load_audio(audio_path, MODEL_SAMPLE_RATE)[: num_frames * SAMPLES_PER_MODEL_FRAME]
     path = folder / f"{Path(audio_path).stem}_{num_frames}f.wav"
     with wave.open(str(path), "wb") as handle:
         handle.setnchannels(1)

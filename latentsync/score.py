@@ -54,6 +54,7 @@ import torch.nn.functional as F
 
 from .audio.mel import as_waveform
 from .audio.syncnet_mel import AudioHParams, mel_window_length, syncnet_melspectrogram
+from .conventions import MODEL_FPS, MODEL_SAMPLE_RATE, SAMPLES_PER_MODEL_FRAME, signed_pixels
 from .errors import ConfigError, MediaError, NoFaceError
 from .face import FaceAligner
 from .face.align import SUPPORTED_RESOLUTIONS, resize_faces
@@ -65,10 +66,7 @@ from .media.timeline import parse_fps
 from .models.syncnet import SYNC_THRESHOLD, StableSyncNet, pack_frames, sync_distance
 from .models.syncnet_configs import DEFAULT_SYNCNET_CONFIG, get_syncnet_config
 
-# SyncNet windows are cut from 25 fps frames and 16 kHz audio, as in training
-SCORE_FPS = Fraction(25)
-SCORE_SAMPLE_RATE = 16000
-SAMPLES_PER_FRAME = 640  # SCORE_SAMPLE_RATE / SCORE_FPS
+# SyncNet windows are cut from 25 fps frames and 16 kHz audio (`MODEL_FPS`, `MODEL_SAMPLE_RATE`), as in training
 # the reference's search range (``vshift=15``): +-0.6 s
 DEFAULT_MAX_OFFSET = 15
 DEFAULT_BATCH_SIZE = 16
@@ -155,7 +153,7 @@ class SyncScore:
     window_starts: np.ndarray
     window_distances: np.ndarray
     num_frames: int
-    fps: Fraction = field(default=SCORE_FPS)
+    fps: Fraction = field(default=MODEL_FPS)
 
     @property
     def best_offset_seconds(self) -> float:
@@ -222,7 +220,7 @@ class FrameAlignedMel:
         samples = as_waveform(waveform, torch.float64)
         self.num_samples = samples.shape[0]
         self._hop = AudioHParams().hop_length
-        phases = sorted({SAMPLES_PER_FRAME * t % self._hop for t in range(self._hop)})
+        phases = sorted({SAMPLES_PER_MODEL_FRAME * t % self._hop for t in range(self._hop)})
         self._mels = {
             phase: torch.from_numpy(syncnet_melspectrogram(samples[phase:])).float()
             for phase in phases
@@ -231,15 +229,15 @@ class FrameAlignedMel:
 
     def num_windows(self, num_frames: int) -> int:
         """How many start frames ``0, 1, ...`` have a whole window: those whose last hop fits in the audio."""
-        spare = self.num_samples - self._hop * (mel_window_length(num_frames, SCORE_FPS) - 1)
-        return max(0, spare // SAMPLES_PER_FRAME + 1)
+        spare = self.num_samples - self._hop * (mel_window_length(num_frames, MODEL_FPS) - 1)
+        return max(0, spare // SAMPLES_PER_MODEL_FRAME + 1)
 
     def windows(self, start_frames: np.ndarray, num_frames: int) -> torch.Tensor:
         """``(m, 1, 80, L)`` float32 windows of the frames ``start_frames`` (each below `num_windows`)."""
-        length = mel_window_length(num_frames, SCORE_FPS)
+        length = mel_window_length(num_frames, MODEL_FPS)
         windows = []
         for frame in start_frames:
-            start = SAMPLES_PER_FRAME * int(frame)
+            start = SAMPLES_PER_MODEL_FRAME * int(frame)
             phase = start % self._hop
             column = (start - phase) // self._hop
             windows.append(self._mels[phase][None, :, column : column + length])
@@ -263,9 +261,9 @@ def embed_mel_windows(
 
 
 def as_face_tensor(faces: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """Faces (any shape) as float32 in ``[-1, 1]``: uint8 maps by ``x / 127.5 - 1``, floats are kept."""
+    """Faces (any shape) as float32 in ``[-1, 1]``: uint8 maps by `signed_pixels`, floats are kept."""
     faces = torch.as_tensor(faces)
-    return faces.float() / 127.5 - 1.0 if faces.dtype == torch.uint8 else faces.float()
+    return signed_pixels(faces) if faces.dtype == torch.uint8 else faces.float()
 
 
 class FaceWindowEmbedder:
@@ -490,7 +488,7 @@ def frames_at_score_fps(frames: Iterable[np.ndarray], fps: Fraction | int) -> It
     Output frame ``i`` (at ``i / 25`` s) is the source frame on screen then, ``floor(i * fps / 25)``; outputs go on
     while that frame exists, so the clip keeps its duration. Source frames are yielded as they are, not copied.
     """
-    ratio = parse_fps(fps) / SCORE_FPS
+    ratio = parse_fps(fps) / MODEL_FPS
     index = 0
     for source_index, frame in enumerate(frames):
         while math.floor(index * ratio) == source_index:
@@ -505,7 +503,7 @@ def score_frames(
     syncnet: StableSyncNet,
     detector: FaceDetector | str | None = None,
     *,
-    fps: Fraction | int = SCORE_FPS,
+    fps: Fraction | int = MODEL_FPS,
     max_offset: int = DEFAULT_MAX_OFFSET,
     stride: int = 1,
     batch_size: int = DEFAULT_BATCH_SIZE,
@@ -542,7 +540,7 @@ def score_frames(
         raise ConfigError(f"detector must be a FaceDetector or a detector name, got {type(detector).__name__}.")
     tracker = FaceTracker(detector, face_index=face_index, detect_size=detect_size)
     aligner = FaceAligner(spec.align_resolution)
-    total = math.ceil(len(frames) * SCORE_FPS / parse_fps(fps)) if isinstance(frames, Sized) else 0
+    total = math.ceil(len(frames) * MODEL_FPS / parse_fps(fps)) if isinstance(frames, Sized) else 0
 
     # 2. audio: all its mel windows (small), so the window range is known before any frame is seen
     audio = FrameAlignedMel(audio)
@@ -596,10 +594,10 @@ def score_video(
         MediaError: unreadable media, no audio, or no window to score.
         ConfigError: bad settings or a SyncNet that scoring does not support.
     """
-    audio = load_audio(video_path if audio_path is None else audio_path, SCORE_SAMPLE_RATE)
+    audio = load_audio(video_path if audio_path is None else audio_path, MODEL_SAMPLE_RATE)
     with VideoReader(video_path) as reader:
-        total = reader.num_frames_at_fps(SCORE_FPS)
-        frames = (rgb for _, rgb in reader.frames_at_fps(SCORE_FPS))
+        total = reader.num_frames_at_fps(MODEL_FPS)
+        frames = (rgb for _, rgb in reader.frames_at_fps(MODEL_FPS))
 
         def report(done: int, _: int) -> None:
             progress(done, max(total, done))

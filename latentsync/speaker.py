@@ -32,12 +32,13 @@ from pathlib import Path
 
 import numpy as np
 
+from .conventions import MODEL_FPS
 from .errors import ConfigError, NoFaceError
 from .face.align import FaceAligner
 from .face.search import box_iou
 from .face.tracks import FaceTrack
 from .models.syncnet import StableSyncNet
-from .score import SCORE_FPS, FaceWindowEmbedder, FrameAlignedMel, SyncNetInput, offset_score
+from .score import FaceWindowEmbedder, FrameAlignedMel, SyncNetInput, offset_score
 
 logger = logging.getLogger(__name__)
 
@@ -254,7 +255,7 @@ class ActiveSpeakerScorer:
         or still growing)."""
         index = self.num_frames
         self.num_frames += 1
-        repeats = math.ceil((index + 1) * SCORE_FPS / self.fps) - math.ceil(index * SCORE_FPS / self.fps)
+        repeats = math.ceil((index + 1) * MODEL_FPS / self.fps) - math.ceil(index * MODEL_FPS / self.fps)
         for track in tracks:
             point = track.at(index)
             embedder = self._embedder(track.track_id)
@@ -363,10 +364,10 @@ def plan_auto(
     confidences = scorer.confidences(waveform)
     if not confidences:
         return largest_plan(tracks, num_frames, "speaker auto: no face was long enough to score, the largest speaks")
-    num_model_frames = math.ceil(num_frames * SCORE_FPS / fps)
+    num_model_frames = math.ceil(num_frames * MODEL_FPS / fps)
     window = scorer.spec.num_frames
-    timeline = speaker_timeline(confidences, num_model_frames, window, round(min_segment * SCORE_FPS))
-    model_frame = np.floor(np.arange(num_frames) * SCORE_FPS / fps).astype(int)  # the mouth each frame shows
+    timeline = speaker_timeline(confidences, num_model_frames, window, round(min_segment * MODEL_FPS))
+    model_frame = np.floor(np.arange(num_frames) * MODEL_FPS / fps).astype(int)  # the mouth each frame shows
     voices, segments = [], []
     for track in tracks:
         frames = presence(track, num_frames) & (timeline[model_frame] == track.track_id)

@@ -21,9 +21,9 @@ import av
 import numpy as np
 import torch
 
+from ..latentsync.conventions import MODEL_SAMPLE_RATE
 from ..latentsync.errors import ConfigError, MediaError
 from ..latentsync.media.timeline import parse_fps
-from ..latentsync.media.audio import MODEL_SAMPLE_RATE
 from ..latentsync.media.writer import DEFAULT_LAYOUTS, AudioArray
 from ..latentsync.pipeline.settings import SETTING_SPECS
 

@@ -27,17 +27,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..latentsync.conventions import MODEL_FPS, MODEL_SAMPLE_RATE
 from ..latentsync.errors import MediaError
 from ..latentsync.face.align import FaceAligner, crop_size
 from ..latentsync.face.detectors import FaceDetector, FaceFilter
 from ..latentsync.face.search import FaceSearch
 from ..latentsync.face.sheet import draw_tracks
 from ..latentsync.face.tracks import FaceTrack, FaceTrackSet
-from ..latentsync.media.audio import MODEL_SAMPLE_RATE
 from ..latentsync.media.timeline import Timeline, samples_for_frames
 from ..latentsync.pipeline.faces import PreparedFace
 from ..latentsync.pipeline.plan import PlannedFaces, plan_speakers
-from ..latentsync.pipeline.settings import DEFAULT_SETTINGS, LARGEST_FACE, MODEL_FPS, SETTING_SPECS
+from ..latentsync.pipeline.settings import DEFAULT_SETTINGS, LARGEST_FACE, SETTING_SPECS
 from ..latentsync.speaker import ActiveSpeakerScorer, parse_speaker
 
 # Largest face number the face_index widget offers (faces are counted by size, 0 = largest).

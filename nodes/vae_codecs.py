@@ -29,14 +29,13 @@ from comfy import model_management
 from comfy.ldm.models.autoencoder import DiagonalGaussianRegularizer
 from comfy.model_patcher import ModelPatcher
 
+from ..latentsync.conventions import VAE_SCALE_FACTOR, VAE_SCALING_FACTOR
 from ..latentsync.errors import ConfigError
 from ..latentsync.models.vae import SD_VAE_FT_MSE_CONFIG, DiffusersVAE
 
 logger = logging.getLogger(__name__)
 
-SCALING_FACTOR = SD_VAE_FT_MSE_CONFIG["scaling_factor"]
 LATENT_CHANNELS = SD_VAE_FT_MSE_CONFIG["latent_channels"]
-DOWNSCALE = 8
 # Images per encoder call (memory); the posterior noise is drawn in image order, so the slices do not change it.
 SLICE_SIZE = 8
 
@@ -44,7 +43,7 @@ SLICE_SIZE = 8
 def check_vae(vae) -> None:
     """Raise `ConfigError` unless ``vae`` is an image VAE with LatentSync's latent space shape (4 channels, 8x)."""
     channels, ratio = getattr(vae, "latent_channels", None), getattr(vae, "downscale_ratio", None)
-    if getattr(vae, "latent_dim", 2) != 2 or channels != LATENT_CHANNELS or ratio != DOWNSCALE:
+    if getattr(vae, "latent_dim", 2) != 2 or channels != LATENT_CHANNELS or ratio != VAE_SCALE_FACTOR:
         raise ConfigError(
             f"This VAE has {channels} latent channels and down-samples by {ratio}; LatentSync needs the SD 1.5 VAE "
             "(4 channels, 8x): load sd-vae-ft-mse (e.g. vae-ft-mse-840000-ema-pruned.safetensors) with Load VAE."
@@ -82,9 +81,9 @@ class ComfyVAECodec:
         memory = self.vae.memory_used_encode(pixels.shape, self.vae.vae_dtype)
         model_management.load_models_gpu([self.vae.patcher, *self.keep_loaded], memory_required=memory)
         if not self.samples_posterior:
-            return self.vae.encode(((pixels + 1) / 2).movedim(1, -1)).float() * SCALING_FACTOR
+            return self.vae.encode(((pixels + 1) / 2).movedim(1, -1)).float() * VAE_SCALING_FACTOR
         latents = [self._sample(chunk, generator) for chunk in pixels.split(SLICE_SIZE)]
-        return torch.cat(latents).float() * SCALING_FACTOR
+        return torch.cat(latents).float() * VAE_SCALING_FACTOR
 
     def _sample(self, pixels: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """One posterior sample per image, as diffusers' ``DiagonalGaussianDistribution.sample(generator)``."""
@@ -103,7 +102,7 @@ class ComfyVAECodec:
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents ``(n, 4, h/8, w/8)`` → pixels ``(n, 3, h, w)`` float32 in [-1, 1] on the CPU."""
-        images = self.vae.decode(latents.float() / SCALING_FACTOR)
+        images = self.vae.decode(latents.float() / VAE_SCALING_FACTOR)
         pixels = images.movedim(-1, 1).float().cpu() * 2 - 1
         if self.on_decoded is not None:
             self.on_decoded(pixels)

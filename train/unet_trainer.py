@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from latentsync.checkpoint import load_state_dict_strict, read_checkpoint
+from latentsync.conventions import VAE_SCALING_FACTOR
 from latentsync.errors import CheckpointError, ConfigError
 from latentsync.models.identify import LATENTSYNC_UNET, identify_checkpoint
 from latentsync.models.lora import read_lora, save_lora
@@ -36,7 +37,7 @@ from latentsync.models.unet_loading import (
     load_unet,
     save_unet,
 )
-from latentsync.pipeline.ddim import VAE_SCALING_FACTOR, create_scheduler
+from latentsync.pipeline.ddim import create_scheduler
 
 from .checkpoints import CheckpointManager, TrainingProgress, copy_model_file, remove_temporary, resolve_resume
 from .config import Config

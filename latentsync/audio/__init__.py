@@ -19,7 +19,6 @@ from .mel import as_waveform, mel_filterbank, stft
 from .syncnet_mel import AudioHParams, crop_mel_window, mel_window_length, syncnet_melspectrogram
 from .whisper import (
     FEATURES_PER_SECOND,
-    SAMPLE_RATE,
     WhisperAudioEncoder,
     WhisperFeatureExtractor,
     load_whisper,
@@ -30,7 +29,6 @@ from .whisper import (
 __all__ = [
     "AudioHParams",
     "FEATURES_PER_SECOND",
-    "SAMPLE_RATE",
     "WhisperAudioEncoder",
     "WhisperFeatureExtractor",
     "as_waveform",

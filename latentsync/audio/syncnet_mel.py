@@ -20,6 +20,7 @@ from typing import Mapping
 import numpy as np
 import torch
 
+from ..conventions import MODEL_SAMPLE_RATE
 from ..errors import ConfigError, MediaError
 from ..media.timeline import parse_fps
 from .mel import as_waveform, mel_filterbank, stft
@@ -43,7 +44,7 @@ class AudioHParams:
     n_fft: int = 800
     hop_size: int | None = 200
     win_size: int = 800
-    sample_rate: int = 16000
+    sample_rate: int = MODEL_SAMPLE_RATE
     frame_shift_ms: float | None = None
     signal_normalization: bool = True
     allow_clipping_in_normalization: bool = True

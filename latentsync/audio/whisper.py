@@ -28,18 +28,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoint import load_state_dict_strict, read_checkpoint
+from ..conventions import MODEL_SAMPLE_RATE
 from ..errors import CheckpointError, ConfigError
 from ..models.attention import multi_head_attention
 from ..models.identify import CHECKPOINT_KINDS, UNKNOWN, WHISPER, identify_checkpoint
 from .mel import as_waveform, mel_filterbank, stft
 
-SAMPLE_RATE = 16000
 N_FFT = 400
 HOP_LENGTH = 160
 # log-mel values are floored at 1e-10 and then at (global maximum - 8) in log10 units
 LOG_MEL_FLOOR = 1e-10
 LOG_MEL_DYNAMIC_RANGE = 8.0
-FEATURES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH // 2  # 50: conv2 halves the 100 mel columns per second
+FEATURES_PER_SECOND = MODEL_SAMPLE_RATE // HOP_LENGTH // 2  # 50: conv2 halves the 100 mel columns per second
 # the fewest samples that give one feature row (two mel columns)
 MIN_SAMPLES = 2 * HOP_LENGTH
 
@@ -199,7 +199,7 @@ class WhisperFeatureExtractor(nn.Module):
         self.encoder = encoder
         self.dims = dict(dims) if dims is not None else None
         n_mels = encoder.conv1.in_channels
-        self.mel_filters = torch.from_numpy(mel_filterbank(SAMPLE_RATE, N_FFT, n_mels))
+        self.mel_filters = torch.from_numpy(mel_filterbank(MODEL_SAMPLE_RATE, N_FFT, n_mels))
 
     @property
     def hidden_size(self) -> int:

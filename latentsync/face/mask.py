@@ -14,13 +14,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..conventions import VAE_SCALE_FACTOR
 from ..errors import MediaError
 from .align import check_resolution
 
 MASK_PATH = Path(__file__).resolve().parent / "assets" / "mask.png"
-
-# Pixels per latent pixel of the VAE.
-VAE_SCALE_FACTOR = 8
 
 
 def read_mask_image(resolution: int, path: str | Path = MASK_PATH) -> np.ndarray:

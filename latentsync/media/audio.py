@@ -15,13 +15,12 @@ from pathlib import Path
 import av
 import numpy as np
 
+from ..conventions import MODEL_SAMPLE_RATE
 from ..errors import MediaError
 from .video import decode_stream, describe_streams, open_media
 
 # File suffixes of audio-only files (any video with sound can serve as audio too).
 AUDIO_SUFFIXES = (".wav", ".mp3", ".m4a", ".aac", ".flac", ".ogg", ".opus", ".wma")
-# Sample rate of the audio the LatentSync models take (Whisper features and SyncNet mel spectrograms).
-MODEL_SAMPLE_RATE = 16_000
 
 
 @dataclass(frozen=True)

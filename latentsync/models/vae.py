@@ -17,6 +17,7 @@ import torch
 from diffusers import AutoencoderKL
 
 from ..checkpoint import load_state_dict_strict, read_checkpoint
+from ..conventions import VAE_SCALING_FACTOR
 from ..errors import CheckpointError
 
 # `config.json` of stabilityai/sd-vae-ft-mse (diffusers format).
@@ -31,7 +32,7 @@ SD_VAE_FT_MSE_CONFIG = {
     "layers_per_block": 2,
     "norm_num_groups": 32,
     "sample_size": 256,
-    "scaling_factor": 0.18215,
+    "scaling_factor": VAE_SCALING_FACTOR,
 }
 
 # A VAE with the same structure and 8x down-sampling but a few thousand parameters, for tests and demos.

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..conventions import MODEL_FPS
 from ..errors import ConfigError, LatentSyncError
 from ..files import leftover_temporaries
 from ..media.audio import AUDIO_SUFFIXES, probe_audio
@@ -42,7 +43,7 @@ from ..media.writer import PARTIAL_TAG
 from ..parallel import Item, ItemResult, RunRecord, fingerprint, run_items, worker_cache
 from .loading import ModelSources, load_pipeline
 from .models import find_model_files
-from .settings import DEFAULT_SETTINGS, MODEL_FPS, SETTING_SPECS, LipSyncSettings
+from .settings import DEFAULT_SETTINGS, SETTING_SPECS, LipSyncSettings
 from .speed import EXACT, SpeedSettings
 
 logger = logging.getLogger(__name__)

@@ -15,6 +15,8 @@ from typing import Callable, Optional
 import torch
 from diffusers import DDIMScheduler
 
+from ..conventions import VAE_SCALING_FACTOR  # noqa: F401  (train/validation.py imports it from here until its rewrite)
+
 # `configs/scheduler_config.json` of the official repository.
 OFFICIAL_SCHEDULER_CONFIG = {
     "beta_start": 0.00085,
@@ -26,8 +28,6 @@ OFFICIAL_SCHEDULER_CONFIG = {
     "steps_offset": 1,
 }
 
-# `sd-vae-ft-mse` latents are multiplied by this before they reach the UNet (shift factor 0).
-VAE_SCALING_FACTOR = 0.18215
 
 StepCallback = Callable[[int, int, torch.Tensor], None]
 """``callback(step_index, num_steps, latents)`` after each step; it may raise to cancel."""

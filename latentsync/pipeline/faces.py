@@ -10,12 +10,12 @@ from fractions import Fraction
 import numpy as np
 import torch
 
+from ..conventions import MODEL_FPS, signed_pixels
 from ..errors import NoFaceError
 from ..face.align import FaceAligner
 from ..face.detectors import FaceDetector
 from ..face.tracking import FaceTracker, OneEuroFilter
 from .models import DEFAULT_RESOLUTION
-from .settings import MODEL_FPS
 from .threads import one_torch_thread
 from .timing import StageClock
 
@@ -84,8 +84,7 @@ class FacePreparer:
 
 def face_pixels(faces) -> torch.Tensor:
     """``(f, R, R, 3)`` uint8 faces → ``(f, 3, R, R)`` float32 pixels ``(x / 255 - 0.5) / 0.5`` in ``[-1, 1]``."""
-    faces = torch.as_tensor(np.asarray(faces))
-    return (faces.permute(0, 3, 1, 2).float() / 255.0 - 0.5) / 0.5
+    return signed_pixels(torch.as_tensor(np.asarray(faces)).permute(0, 3, 1, 2))
 
 
 

@@ -29,12 +29,13 @@ import numpy as np
 import torch
 
 from ..audio.chunks import feature_window
+from ..conventions import MODEL_FPS, MODEL_SAMPLE_RATE, VAE_SCALE_FACTOR
 from ..errors import Cancelled, MediaError
 from ..face.detectors import FaceDetector, FaceFilter, create_face_detector
-from ..face.mask import VAE_SCALE_FACTOR, MouthMask
+from ..face.mask import MouthMask
 from ..face.restore import paste_back
 from ..face.search import FaceSearch
-from ..media.audio import MODEL_SAMPLE_RATE, load_audio
+from ..media.audio import load_audio
 from ..media.timeline import Timeline, parse_fps, plan_timeline
 from ..media.video import SourceFrameCursor, VideoReader
 from ..media.writer import OUTPUT_CRF, AudioFile, VideoWriter
@@ -46,7 +47,7 @@ from .inputs import check_inputs
 from .models import DEFAULT_RESOLUTION
 from .plan import PlannedFaces, SourceIndexTap, analyse_faces, check_every_frame_has_a_face
 from .report import LipSyncReport
-from .settings import DEFAULT_SETTINGS, MODEL_FPS, LipSyncSettings
+from .settings import DEFAULT_SETTINGS, LipSyncSettings
 from .speed import EXACT, SpeedSettings, background_calls, prefetch, wrap_detector
 from .stream import SyncStream
 from .timing import StageClock

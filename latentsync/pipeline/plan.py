@@ -24,11 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..conventions import MODEL_SAMPLE_RATE
 from ..errors import ConfigError, NoFaceError
 from ..face.align import FaceAligner
 from ..face.search import FaceSearch
 from ..face.tracks import FaceTrack, FaceTrackSet
-from ..media.audio import MODEL_SAMPLE_RATE, load_audio
+from ..media.audio import load_audio
 from ..media.video import VideoReader
 from ..speaker import (
     ActiveSpeakerScorer,

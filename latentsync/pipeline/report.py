@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
+from ..conventions import MODEL_FPS
 from .models import DEFAULT_RESOLUTION
-from .settings import MODEL_FPS
 
 
 @dataclass

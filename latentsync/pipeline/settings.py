@@ -28,8 +28,6 @@ from ..face.detectors import DEFAULT_FACE_DETECTOR, FACE_DETECTORS
 from ..media.timeline import LONG_AUDIO_POLICIES, SHORT_AUDIO_POLICIES, parse_fps
 from ..speaker import SPEAKER_HELP, parse_speaker
 
-# The LatentSync models were trained on 25 fps clips; the pipeline resamples every video to this rate by timestamp.
-MODEL_FPS = Fraction(25)
 NO_FACE_POLICIES = ("passthrough", "error")
 LARGEST_FACE = "largest"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

@@ -23,10 +23,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from ..conventions import MODEL_FPS
 from ..errors import NoFaceError
 from .faces import PreparedFace
 from .report import LipSyncReport
-from .settings import MODEL_FPS, LipSyncSettings
+from .settings import LipSyncSettings
 from .threads import one_torch_thread
 from .timing import StageClock
 

@@ -24,7 +24,8 @@ from pathlib import Path
 import av
 import pytest
 
-from latentsync.media.audio import MODEL_SAMPLE_RATE, load_audio
+from latentsync.conventions import MODEL_SAMPLE_RATE
+from latentsync.media.audio import load_audio
 
 from .comfy_server import REPO_ROOT, ComfyServer
 from .pack_assets import (

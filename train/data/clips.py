@@ -17,6 +17,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from latentsync.conventions import MODEL_SAMPLE_RATE, signed_pixels
 from latentsync.errors import ConfigError, MediaError
 from latentsync.face.align import resize_faces
 from latentsync.files import atomic_write
@@ -96,7 +97,7 @@ def count_frames(path: Path, fps: int = 25) -> int:
 def to_pixels(frames: np.ndarray, resolution: int) -> torch.Tensor:
     """``(f, h, w, 3)`` uint8 -> ``(f, 3, R, R)`` float32 in ``[-1, 1]``; resized (bicubic, antialiased) if needed."""
     pixels = resize_faces(torch.from_numpy(frames).permute(0, 3, 1, 2).float(), resolution)
-    return (pixels / 255.0 - 0.5) / 0.5
+    return signed_pixels(pixels)
 
 
 class AudioFeatureCache:
@@ -111,7 +112,7 @@ class AudioFeatureCache:
         sample_rate: audio rate the models expect (16 kHz).
     """
 
-    def __init__(self, cache_dir: str | os.PathLike, whisper_path: Optional[str] = None, sample_rate: int = 16000):
+    def __init__(self, cache_dir: str | os.PathLike, whisper_path: Optional[str] = None, sample_rate: int = MODEL_SAMPLE_RATE):
         self.cache_dir = Path(cache_dir)
         self.whisper_path = whisper_path
         self.sample_rate = sample_rate

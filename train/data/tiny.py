@@ -9,15 +9,14 @@ The weights are random and the clips are patterns: this proves the mechanics, ne
 
 from __future__ import annotations
 
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from latentsync.conventions import MODEL_FPS, MODEL_SAMPLE_RATE
+
 TINY_RESOLUTION = 128
-TINY_FPS = 25
-TINY_SAMPLE_RATE = 16000
 
 
 def synthetic_clip(path: Path, num_frames: int, seed: int, size: int = TINY_RESOLUTION) -> Path:
@@ -27,12 +26,12 @@ def synthetic_clip(path: Path, num_frames: int, seed: int, size: int = TINY_RESO
     generator = np.random.default_rng(seed)
     rows, cols = np.mgrid[0:size, 0:size] / size
     centres = generator.uniform(0.2, 0.8, size=(3, 2))
-    seconds = num_frames / TINY_FPS
-    time = np.arange(int(seconds * TINY_SAMPLE_RATE)) / TINY_SAMPLE_RATE
+    seconds = num_frames / float(MODEL_FPS)
+    time = np.arange(int(seconds * MODEL_SAMPLE_RATE)) / MODEL_SAMPLE_RATE
     pitch = 120 + 40 * np.sin(2 * np.pi * 3 * time + seed)
     envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 4 * time)
-    waveform = 0.3 * envelope * np.sin(2 * np.pi * np.cumsum(pitch) / TINY_SAMPLE_RATE)
-    with VideoWriter(path, Fraction(TINY_FPS), size, size, audio=AudioArray(waveform, TINY_SAMPLE_RATE)) as writer:
+    waveform = 0.3 * envelope * np.sin(2 * np.pi * np.cumsum(pitch) / MODEL_SAMPLE_RATE)
+    with VideoWriter(path, MODEL_FPS, size, size, audio=AudioArray(waveform, MODEL_SAMPLE_RATE)) as writer:
         for index in range(num_frames):
             phase = 2 * np.pi * index / 25
             frame = np.zeros((size, size, 3))
