@@ -214,6 +214,7 @@ class _Progress:
 
     label: str
     items: Sequence[Item]
+    weight_unit: Optional[str] = None  # shown as "<done>/<total> <unit>" when set
     done: int = 0
     failed: int = 0
     weight_done: float = 0.0
@@ -247,6 +248,8 @@ class _Progress:
         weight = self.weight_done + sum(self.weights[key] * part for key, part in self.current.items())
         eta = elapsed * (self.total_weight - weight) / weight if weight > 0 else None
         parts = [f"{self.label}: {finished}/{len(self.items)}"] + ([f"{self.failed} failed"] if self.failed else [])
+        if self.weight_unit is not None:
+            parts.append(f"{weight:.0f}/{self.total_weight:.0f} {self.weight_unit}")
         parts.append(f"{finished / elapsed:.2f} {self.label}/s" if finished and elapsed > 0 else f"- {self.label}/s")
         parts.append(f"ETA {_clock(eta)}" if eta is not None else "ETA -")
         if self.current:
@@ -275,9 +278,11 @@ def run_items(
     record: Optional[RunRecord] = None,
     on_result: Optional[Callable[[ItemResult], None]] = None,
     label: str = "items",
+    weight_unit: Optional[str] = None,
     show_progress: bool = True,
 ) -> list[ItemResult]:
-    """Run ``task(item.payload, report)`` for every item; see the module docstring for the modes.
+    """Run ``task(item.payload, report)`` for every item; see the module docstring for the modes. The progress bar
+    counts ``label`` (items) and, with ``weight_unit`` (e.g. ``"frames"``), the items' weights done of all.
 
     Returns:
         One `ItemResult` per item, in the order of ``items``.
@@ -302,7 +307,7 @@ def run_items(
         logger.info("%d of %d %s already done by an earlier run: skipped", len(items) - len(pending), len(items), label)
 
     fingerprints = {item.key: item.fingerprint for item in pending}
-    progress = _Progress(label, pending) if show_progress and pending else None
+    progress = _Progress(label, pending, weight_unit) if show_progress and pending else None
 
     def finish(result: ItemResult) -> None:
         results[result.key] = result

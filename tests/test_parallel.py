@@ -161,3 +161,11 @@ def test_ray_cluster_keeps_one_connection_for_several_runs(serial_results):
         assert ray.get_runtime_context().get_job_id() == context  # the same connection, not a new cluster
     assert not ray.is_initialized()
     assert summary(first) == summary(second) == summary(serial_results)
+
+
+def test_progress_counts_items_and_their_weights(capsys):
+    items = [Item(key=f"clip-{value}", payload={"value": value}, weight=10 * value) for value in (1, 2, 4)]
+    run_items(square_or_fail, items, label="rows", weight_unit="frames")
+    lines = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    assert any("rows: 3/3" in line and "70/70 frames" in line for line in lines)
+    assert any("rows: 1/3" in line and "10/70 frames" in line for line in lines)

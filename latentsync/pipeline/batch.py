@@ -368,6 +368,7 @@ def run_batch(
         record=record,
         on_result=on_result,
         label="rows",
+        weight_unit="frames",
         show_progress=show_progress,
     )
 
