@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 import pytest
-from helpers.face_scenes import Head, Placement, compose, head_frames, two_face_scene, write_scene
+from helpers.face_scenes import Placement, compose, head_frames, two_face_scene, write_scene
 from helpers.files import REPO_ROOT
 
 from latentsync.errors import ConfigError
