@@ -255,3 +255,50 @@ def test_the_text_filter_drops_a_captioned_clip_and_keeps_the_clean_one(in_proce
     assert kept["text_fraction"] == 0.0
     with pytest.raises(Dropped, match="text covers 0.0"):
         step_text({**clean, "path": str(captioned)}, tmp_path, OPTIONS, lambda done, total: None)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Sync filter, with the tiny StableSyncNet that learned sync on the demo clips
+
+TRAINED_SYNCNET = REPO_ROOT / "tests" / "assets" / "stable_syncnet_tiny_trained.pt"
+
+
+@pytest.fixture(scope="module")
+def aligned_demo1(in_process, tmp_path_factory) -> dict:
+    """demo1's 2.4 s aligned as one clip (long enough for a sync score: the window plus +-15 frames)."""
+    from train.data.steps import step_align
+
+    output, summary = in_process
+    faces = next(step for step in summary.steps if step.name == "faces").kept
+    record = next(record for record in faces if record["id"] == "demo1")
+    segment = {**record, "first_frame": 0, "stop_frame": record["frames"]}
+    return step_align(segment, tmp_path_factory.mktemp("aligned"), OPTIONS, lambda done, total: None).kept[0]
+
+
+def _with_audio(record: dict, audio: np.ndarray, path: Path) -> dict:
+    from train.data.steps import read_frames, write_clip
+
+    write_clip(path, read_frames(record["path"]), audio)
+    return {**record, "path": str(path)}
+
+
+@pytest.mark.skipif(not TRAINED_SYNCNET.is_file(), reason="tests/assets/stable_syncnet_tiny_trained.pt not there")
+def test_the_sync_filter_keeps_synced_clips_and_drops_shifted_or_foreign_audio(aligned_demo1, excerpts, tmp_path):
+    from train.data.steps import Dropped, read_audio, step_sync
+
+    options = replace(OPTIONS, syncnet=str(TRAINED_SYNCNET))  # the default thresholds
+    report = lambda done, total: None  # noqa: E731
+    kept = step_sync(aligned_demo1, tmp_path, options, report).kept[0]
+    assert kept["sync_confidence"] >= DEFAULT_MIN_SYNC_CONFIDENCE and abs(kept["sync_offset"]) <= 1
+
+    audio = read_audio(aligned_demo1["path"])
+    delayed = _with_audio(aligned_demo1, np.concatenate([np.zeros(8 * 640, np.float32), audio[: -8 * 640]]),
+                          tmp_path / "delayed.mp4")  # fmt: skip
+    with pytest.raises(Dropped, match=r"sync offset.*\|[78]\| > 6"):
+        step_sync(delayed, tmp_path, options, report)
+    shifted = step_sync(delayed, tmp_path, replace(options, max_sync_offset=10), report).kept[0]
+    assert shifted["sync_offset"] in (7, 8) and shifted["frames"] == aligned_demo1["frames"] - shifted["sync_offset"]
+
+    foreign = _with_audio(aligned_demo1, excerpts["demo2"][1][: len(audio)], tmp_path / "foreign.mp4")
+    with pytest.raises(Dropped, match="sync confidence"):
+        step_sync(foreign, tmp_path, options, report)

@@ -42,6 +42,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -166,6 +167,7 @@ class StepResult:
     failed: list[dict] = field(default_factory=list)
     done: int = 0
     skipped: int = 0
+    wall_seconds: float = 0.0
 
 
 @dataclass
@@ -179,12 +181,14 @@ class PipelineSummary:
         return sum(clip["seconds"] for clip in self.clips) / 3600
 
     def table(self) -> str:
-        """Per step: inputs, kept, dropped, failed; then hours kept and dropped per reason."""
-        lines = [f"{'step':9s} {'in':>6s} {'kept':>6s} {'dropped':>8s} {'failed':>7s} {'redone':>7s} {'hours kept':>11s}"]
+        """Per step: inputs, kept, dropped, failed, redone (not skipped), hours kept and wall time; then hours kept and
+        dropped per reason."""
+        lines = [f"{'step':9s} {'in':>6s} {'kept':>6s} {'dropped':>8s} {'failed':>7s} {'redone':>7s} {'hours kept':>11s} "
+                 f"{'wall s':>7s}"]  # fmt: skip
         for step in self.steps:
             hours = sum(record["seconds"] for record in step.kept) / 3600
             lines.append(f"{step.name:9s} {step.inputs:6d} {len(step.kept):6d} {len(step.dropped):8d} "
-                         f"{len(step.failed):7d} {step.done:7d} {hours:11.4f}")  # fmt: skip
+                         f"{len(step.failed):7d} {step.done:7d} {hours:11.4f} {step.wall_seconds:7.1f}")  # fmt: skip
         reasons: dict[str, list[float]] = {}
         for step in self.steps:
             for record in step.dropped:
@@ -232,13 +236,14 @@ def run_step(name: str, index: int, records: list[dict], work_dir: Path, options
         task = StepTask(name, record, str(folder), options)
         items.append(Item(record["id"], task, item_fingerprint, weight=max(record.get("seconds", 1.0), 0.1)))
     in_driver = name in DRIVER_STEPS
+    start = time.perf_counter()
     results = run_items(
         run_step_task, items,
         workers=1 if in_driver else options.workers, ray_address=None if in_driver else options.ray,
         gpus_per_item=options.gpus_per_clip if name in GPU_STEPS else 0.0,
         record=RunRecord(folder / "manifest.jsonl"), label=name,
     )  # fmt: skip
-    step = StepResult(name, inputs=len(records))
+    step = StepResult(name, inputs=len(records), wall_seconds=time.perf_counter() - start)
     for item, result in zip(items, results):
         if result.status == "failed":
             step.failed.append({"id": item.key, "error": result.error, "seconds": item.payload.record.get("seconds", 0)})
