@@ -16,7 +16,7 @@ mode               how items run
 =================  =====================================================================================
 ``workers=1``      here, in input order (no extra process; models loaded once in this process)
 ``workers=N``      N spawned worker processes; with GPUs, worker *i* sees GPU ``i % n_gpus`` only, and each
-                   worker uses ``cores // N`` torch threads
+                   worker uses ``cores // N`` torch threads; `worker_pool` keeps them for several calls
 ``ray_address``    one Ray task per item (``num_cpus`` / ``num_gpus`` from the arguments, a GPU fraction
                    shares a GPU); ``"local"`` starts a local cluster of ``workers`` CPUs, ``"auto"`` or an
                    address joins a running one (every node needs this package installed); Ray is imported
@@ -319,7 +319,7 @@ def run_items(
             on_result(result)
 
     def report(key: str, done: float, total: float) -> None:
-        if progress is not None:
+        if progress is not None and key in fingerprints:  # a late report of an earlier call's item is ignored
             progress.report(key, done, total)
 
     try:
@@ -344,53 +344,97 @@ def _drain(progress_queue, report: Callable[[str, float, float], None]) -> None:
             return
 
 
+class _WorkerPool:
+    """Spawned worker processes (pinned to GPUs and thread counts by `_init_worker`) and the queue their progress
+    reports come back on."""
+
+    def __init__(self, workers: int):
+        import multiprocessing
+
+        import torch
+
+        self.workers = workers
+        self.context = multiprocessing.get_context("spawn")
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        gpu_count = torch.cuda.device_count()
+        self.gpu_ids = (visible.split(",") if visible else [str(index) for index in range(gpu_count)])[:gpu_count]
+        self.threads = max(1, (os.cpu_count() or 1) // workers)
+        self.progress_queue = self.context.Queue()
+        self.executor = self._start()
+
+    def _start(self) -> ProcessPoolExecutor:
+        counter = self.context.Value("i", 0)
+        return ProcessPoolExecutor(self.workers, mp_context=self.context, initializer=_init_worker,
+                                   initargs=(counter, self.gpu_ids, self.threads, self.progress_queue))
+
+    def restart(self) -> None:
+        """Replace the processes (after one died: the executor is broken then)."""
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        self.executor = self._start()
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+# Pools kept open by `worker_pool`, by worker count.
+_open_pools: dict[int, _WorkerPool] = {}
+
+
+@contextlib.contextmanager
+def worker_pool(workers: int) -> Iterator[None]:
+    """Keep ``workers`` local worker processes for the block: the `run_items` calls with that many workers inside it
+    share them, so a pipeline of steps starts its workers (imports, models in `worker_cache`) once, not once per
+    step. Does nothing for one worker or when such a pool is already open."""
+    if workers <= 1 or workers in _open_pools:
+        yield
+        return
+    _open_pools[workers] = pool = _WorkerPool(workers)
+    try:
+        yield
+    finally:
+        del _open_pools[workers]
+        pool.close()
+
+
 def _run_in_processes(task: Task, items: list[Item], workers: int, finish, report) -> None:
-    import multiprocessing
-
-    import torch
-
-    context = multiprocessing.get_context("spawn")
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    gpu_count = torch.cuda.device_count()
-    gpu_ids = (visible.split(",") if visible else [str(index) for index in range(gpu_count)])[:gpu_count]
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    progress_queue = context.Queue()
+    shared = _open_pools.get(workers)
+    pool = shared or _WorkerPool(workers)
     todo = list(reversed(items))
     crashes = {item.key: 0 for item in items}
-    while todo:
-        counter = context.Value("i", 0)
-        pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                                   initargs=(counter, gpu_ids, threads, progress_queue))
-        running: dict[Future, Item] = {}
-        try:
-            while todo or running:
-                while todo and len(running) < workers * _IN_FLIGHT_PER_WORKER:
-                    item = todo.pop()
-                    running[pool.submit(_run_item_in_worker, task, item)] = item
-                finished, _ = wait(running, timeout=_POLL_SECONDS, return_when=FIRST_COMPLETED)
-                _drain(progress_queue, report)
-                broken = False
-                for future in finished:
-                    if isinstance(future.exception(), BrokenProcessPool):
-                        broken = True
-                        continue
-                    finish(future.result())
-                    del running[future]
-                if broken:
-                    raise BrokenProcessPool("a worker process died")
-        except BrokenProcessPool:
-            # A worker died; every item it may have held is in `running`. Run each once more in a new pool.
-            for item in running.values():
-                crashes[item.key] += 1
-                if crashes[item.key] > _CRASH_RETRIES:
-                    finish(ItemResult(item.key, "failed", error="WorkerCrashed: the worker process running this "
-                                      "item died (killed, out of memory, or a crash in native code)"))
-                else:
-                    todo.append(item)
-            logger.warning("a worker process died; starting a new pool for %d remaining item(s)", len(todo))
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-    _drain(progress_queue, report)
+    try:
+        while todo:
+            running: dict[Future, Item] = {}
+            try:
+                while todo or running:
+                    while todo and len(running) < workers * _IN_FLIGHT_PER_WORKER:
+                        item = todo.pop()
+                        running[pool.executor.submit(_run_item_in_worker, task, item)] = item
+                    finished, _ = wait(running, timeout=_POLL_SECONDS, return_when=FIRST_COMPLETED)
+                    _drain(pool.progress_queue, report)
+                    broken = False
+                    for future in finished:
+                        if isinstance(future.exception(), BrokenProcessPool):
+                            broken = True
+                            continue
+                        finish(future.result())
+                        del running[future]
+                    if broken:
+                        raise BrokenProcessPool("a worker process died")
+            except BrokenProcessPool:
+                # A worker died; every item it may have held is in `running`. Run each once more in new processes.
+                for item in running.values():
+                    crashes[item.key] += 1
+                    if crashes[item.key] > _CRASH_RETRIES:
+                        finish(ItemResult(item.key, "failed", error="WorkerCrashed: the worker process running this "
+                                          "item died (killed, out of memory, or a crash in native code)"))
+                    else:
+                        todo.append(item)
+                logger.warning("a worker process died; starting new workers for %d remaining item(s)", len(todo))
+                pool.restart()
+        _drain(pool.progress_queue, report)
+    finally:
+        if shared is None:
+            pool.close()
 
 
 def _import_ray():

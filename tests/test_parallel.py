@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from latentsync.errors import ConfigError
-from latentsync.parallel import Item, RunRecord, fingerprint, ray_cluster, run_items, worker_cache
+from latentsync.parallel import Item, RunRecord, fingerprint, ray_cluster, run_items, worker_cache, worker_pool
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -169,3 +169,12 @@ def test_progress_counts_items_and_their_weights(capsys):
     lines = capsys.readouterr().err.replace("\r", "\n").splitlines()
     assert any("rows: 3/3" in line and "70/70 frames" in line for line in lines)
     assert any("rows: 1/3" in line and "10/70 frames" in line for line in lines)
+
+
+def test_worker_pool_keeps_the_processes_for_several_runs(serial_results):
+    with worker_pool(2):
+        first = run_items(square_or_fail, make_items([1, 2, 3, 4, 5]), workers=2, show_progress=False)
+        second = run_items(square_or_fail, make_items([1, 2, 3, 4, 5]), workers=2, show_progress=False)
+    assert summary(first) == summary(second) == summary(serial_results)
+    pids = {result.record["pid"] for result in first + second if result.ok}
+    assert os.getpid() not in pids and 1 <= len(pids) <= 2  # the second run used the first run's processes

@@ -313,7 +313,7 @@ def cache_features(clips: list[dict], output: Path, options: PipelineOptions) ->
 
 def run_pipeline(input_dir: str | os.PathLike, output: str | os.PathLike, options: PipelineOptions) -> PipelineSummary:
     """Run the selected steps, collect the clips, write the lists (and the feature cache); return the summary."""
-    from latentsync.parallel import ray_cluster
+    from latentsync.parallel import ray_cluster, worker_pool
 
     input_dir, output = Path(input_dir), Path(output)
     if not input_dir.is_dir():
@@ -323,7 +323,8 @@ def run_pipeline(input_dir: str | os.PathLike, output: str | os.PathLike, option
     work_dir = output / "intermediate"
     logger.info("Data pipeline: %s", json.dumps(asdict(options)))
     records, results = _inputs(input_dir), []
-    with ray_cluster(options.ray, options.workers):
+    # One set of workers (or one Ray connection) for every step: their start-up and model loading are paid once.
+    with ray_cluster(options.ray, options.workers), worker_pool(1 if options.ray else options.workers):
         for name in options.selected_steps():
             result = run_step(name, STEP_NAMES.index(name), records, work_dir, options)
             results.append(result)
