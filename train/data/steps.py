@@ -319,18 +319,19 @@ def step_sync(record: dict, folder: Path, options: "PipelineOptions", report: Re
     """Score the clip with StableSyncNet (`latentsync.score.sync_offset_scores` on its aligned faces); drop it when
     the confidence is under ``min_sync_confidence`` or the offset beyond ``max_sync_offset``; otherwise shift the
     audio by the offset (frames no longer covered by audio are cut)."""
-    import cv2
     import torch
 
-    from latentsync.score import SyncNetInput, sync_offset_scores
+    from latentsync.face.align import resize_faces
+    from latentsync.score import SyncNetInput, as_face_tensor, sync_offset_scores
 
     syncnet = _syncnet(options)
-    resolution = SyncNetInput.for_model(syncnet).resolution
-    faces = [face if face.shape[0] == resolution else cv2.resize(face, (resolution, resolution), interpolation=cv2.INTER_AREA)
-             for face in read_frames(record["path"])]  # fmt: skip
+    spec = SyncNetInput.for_model(syncnet)
+    faces = torch.from_numpy(np.stack(list(read_frames(record["path"])))).permute(0, 3, 1, 2)
+    if faces.shape[-1] != spec.resolution:  # as scoring and SyncNet training feed a model for smaller faces
+        faces = resize_faces(as_face_tensor(faces), spec.resolution)
     audio = read_audio(record["path"])
     try:
-        score = sync_offset_scores(syncnet, torch.from_numpy(np.stack(faces)).permute(0, 3, 1, 2), audio)
+        score = sync_offset_scores(syncnet, faces, audio)
     except MediaError as error:
         raise Dropped("too short to score sync", str(error)) from None
     report(1, 1)
