@@ -241,7 +241,7 @@ def run_step(name: str, index: int, records: list[dict], work_dir: Path, options
         run_step_task, items,
         workers=1 if in_driver else options.workers, ray_address=None if in_driver else options.ray,
         gpus_per_item=options.gpus_per_clip if name in GPU_STEPS else 0.0,
-        record=RunRecord(folder / "manifest.jsonl"), label=name,
+        record=RunRecord(folder / "manifest.jsonl"), label=name, weight_unit="s of video",
     )  # fmt: skip
     step = StepResult(name, inputs=len(records), wall_seconds=time.perf_counter() - start)
     for item, result in zip(items, results):
