@@ -188,3 +188,24 @@ def test_reference_window_is_at_least_a_window_away():
         start = int(generator.integers(total - 5 + 1))
         ref = reference_start(start, total, 5, generator)
         assert abs(ref - start) >= 5 and 0 <= ref <= total - 5
+
+
+def test_memory_command_counts_and_measures_a_step(capsys):
+    """``python -m train memory``: the counts are the real model's, and a step at a reduced size really runs."""
+    from latentsync.models.unet import UNet3DConditionModel
+    from latentsync.models.unet_configs import get_unet_config
+
+    args = build_parser().parse_args(["memory", "--config", "tiny_stage2", "--resolution", "64", "--num-frames", "2"])
+    assert args.run(args) == 0
+    printed = capsys.readouterr().out
+    unet = UNet3DConditionModel.from_config(get_unet_config("tiny"))
+    total = sum(p.numel() for p in unet.parameters())
+    trained = sum(p.numel() for n, p in unet.named_parameters() if "motion_modules." in n or "attentions." in n)
+    assert f"parameters            {total / 1e6:10.1f} M" in printed
+    assert f"trainable parameters  {trained / 1e6:10.1f} M" in printed
+    assert "one step at 64x64, 2 frames, batch 1, gradient checkpointing on, on cpu" in printed
+    assert "increase of the peak resident memory (CPU" in printed
+
+    full = build_parser().parse_args(["memory", "--config", "stage2", "--no-step"])
+    assert full.run(full) == 0
+    assert "parameters                1267.1 M" in capsys.readouterr().out  # counted on the meta device

@@ -84,7 +84,7 @@ def test_stage2_export_and_run_folder(workdir, stage2_run):
     unet = load_unet(stage2_run / "unet.safetensors")  # strict, config from the metadata
     assert unet.global_step == 2
     run = workdir / "runs/stage2"
-    assert (run / "val/window_2.mp4").stat().st_size > 0
+    assert len(list((run / "val/step_2").glob("*.mp4"))) == 1  # the held-out list's clip, rendered whole
     assert list((run / "logs").rglob("events.out.tfevents.*"))
     saved = load_config("stage2", run / "config.yaml")
     assert saved["run"]["output_dir"] == "runs/stage2" and saved["ckpt"]["save_ckpt_steps"] == 2
@@ -210,3 +210,53 @@ def test_missing_loss_weights_are_a_clear_error(workdir):
     config = load_config("stage2", "tiny_stage2", ["run.perceptual_loss_weight=0.1", "losses.missing_weights=error"])
     with pytest.raises(ConfigError, match="losses.vgg16_weights and losses.lpips_weights is not set"):
         load_frozen_models(config, initial_unet(config), "cpu", torch.float32)
+
+
+@pytest.fixture(scope="module")
+def validation_clip(assets_dir, workdir) -> Path:
+    """1.6 s of demo1 (a 480 x 480 crop around the face) with its audio: enough for the sync score's offsets."""
+    from helpers.media import write_audio
+
+    from latentsync.media import AudioArray, VideoReader, VideoWriter, load_audio
+
+    with VideoReader(assets_dir / "demo1_video.mp4") as reader:
+        frames = [rgb[480:960, 360:840] for _, (_, rgb) in zip(range(40), reader.frames_at_fps(25))]
+    audio = load_audio(assets_dir / "demo1_video.mp4", 16000)[: 40 * 640]
+    path = workdir / "val_clip.mp4"
+    with VideoWriter(path, 25, 480, 480, audio=AudioArray(audio, 16000), preset="ultrafast") as writer:
+        for frame in frames:
+            writer.write_frame(frame)
+    return path
+
+
+def test_validation_scores_sync_per_checkpoint_and_exports_the_best(workdir, validation_clip):
+    import csv
+    import json
+
+    syncnet_config = json.dumps(load_config("syncnet", "tiny_syncnet")["model"]["syncnet_config"])
+    export = _train(
+        "stage2", "tiny_stage2", "run.output_dir=runs/val", "run.report_to=tensorboard", "validation.every_n_steps=1",
+        f"data.val_video_path={validation_clip}", "validation.syncnet=tiny/models/syncnet_5f_128.pt",
+        f"validation.syncnet_config={syncnet_config}", "validation.inference_steps=1",
+    )  # fmt: skip
+    run = export.parent
+    with (run / "val" / "sync_scores.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(row["step"]) for row in rows] == [1, 2]  # one clip, scored at each checkpoint
+    assert all(row["clip"] == str(validation_clip) for row in rows)
+    assert {p.name for p in (run / "checkpoints").iterdir()} == {"checkpoint-1", "checkpoint-2"}  # saved first
+    best = json.loads((run / "export" / "best" / "sync.json").read_text())
+    confidences = {int(row["step"]): float(row["confidence"]) for row in rows}
+    assert best["step"] == max(confidences, key=confidences.get)
+    assert best["confidence"] == pytest.approx(max(confidences.values()))
+    best_unet = load_unet(run / "export" / "best" / "unet.pt")
+    assert best_unet.global_step == best["step"]
+    assert len(list((run / "val" / "step_2").glob("*.mp4"))) == 1
+
+
+def test_a_wrong_validation_path_fails_before_training(workdir):
+    from latentsync.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="validation clip .*missing.mp4 does not exist"):
+        _train("stage2", "tiny_stage2", "run.output_dir=runs/bad_val", "data.val_video_path=missing.mp4")
+    assert not list((workdir / "runs/bad_val").glob("checkpoints/checkpoint-*"))

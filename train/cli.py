@@ -58,9 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for mode in MODES:
         _add_training_parser(subparsers, mode)
+    from . import memory
     from .data import prepare
 
     prepare.add_parser(subparsers)
+    memory.add_parser(subparsers)
     return parser
 
 

@@ -58,7 +58,7 @@ BOUNDS: dict[str, SettingSpec] = {
     "lora.dropout": SettingSpec("LoRA dropout", float, minimum=0.0, maximum=1.0),
 }
 # Keys whose value may be a name or a dict (an architecture given inline).
-_NAME_OR_DICT = {("model", "unet"), ("model", "syncnet_config")}
+_NAME_OR_DICT = {("model", "unet"), ("model", "syncnet_config"), ("validation", "syncnet_config")}
 # Package data (pyproject's [tool.setuptools.package-data]), found wherever the package is installed.
 CONFIG_DIR = resources.files("train") / "configs"
 
@@ -93,7 +93,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "audio_sample_rate": 16000,
         # Whisper features and SyncNet mels of every clip are cached here ("" = <output_dir>/cache).
         "cache_dir": "",
-        # Validation clip rendered every `validation.every_n_steps` (UNet modes).
+        # Validation clip rendered and sync-scored every `validation.every_n_steps` (UNet modes); without it, the
+        # clips of val_fileslist (default: the val_fileslist.txt beside train_fileslist).
         "val_video_path": "",
         "val_audio_path": "",
     },
@@ -145,6 +146,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "guidance_scale": 1.5,
         # SyncNet mode: how many validation samples (the reference: 2048).
         "num_samples": 2048,
+        # UNet modes: the SyncNet that scores the validation clips ("" = model.syncnet) and its architecture
+        # ("" = model.syncnet_config); at most this many clips of the validation list.
+        "syncnet": "",
+        "syncnet_config": "",
+        "max_clips": 4,
     },
     "losses": {
         # LPIPS (VGG-16) perceptual loss: torchvision `vgg16` features weights and the `lpips` package's
@@ -279,6 +285,11 @@ def resolve_config_path(name: str | os.PathLike) -> Path:
         return packaged
     available = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
     raise ConfigError(f"Config {name!r} is neither a file nor a packaged config ({available}).")
+
+
+def config_file_mode(path: str | os.PathLike) -> str | None:
+    """The ``mode:`` a config file (or packaged config name) declares, through its ``base:`` chain."""
+    return _read_yaml(resolve_config_path(path))[1]
 
 
 def load_config(mode: str, path: str | os.PathLike | None = None, overrides: Iterable[str] = ()) -> Config:

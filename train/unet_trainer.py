@@ -455,15 +455,19 @@ def train_unet(config: Config) -> Path:
     )
     if resume_from is not None:
         manager.load(resume_from)
-    validator = Validator(config, output_dir, frozen, dataset, accelerator)
+
+    def export_best(step: int, folder: Path) -> None:
+        files.export(checkpoints_dir / f"checkpoint-{step}", folder, config)
+
+    validator = Validator(config, output_dir, frozen, accelerator, export_best)
     objective = UNetLoss(config, frozen, weight_dtype)
 
-    # 6. train: checkpoint first, then validate (a failing validation never loses the checkpoint)
+    # 6. train: a validation step is saved first (a failing validation never loses the checkpoint)
     def after_step(step: int, terms: dict) -> dict:
-        if step % config["ckpt"]["save_ckpt_steps"] == 0:
+        if step % config["ckpt"]["save_ckpt_steps"] == 0 or validator.due(step):
             manager.save()
         if validator.due(step):
-            validator.run(accelerator.unwrap_model(unet), terms, step)
+            return validator.run(accelerator.unwrap_model(unet), terms, step)
         return {}
 
     train_loop(config, accelerator, unet, optimizer, lr_scheduler, loader, dataset, progress, objective, after_step)

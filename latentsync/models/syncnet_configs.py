@@ -134,8 +134,8 @@ SYNCNET_CONFIGS: dict[str, dict] = {
         },
         "data": dict(_PIXEL_16_DATA),
     },
-    # The model of `tests/assets/stable_syncnet_tiny_trained.pt`, trained on the demo clips
-    # (`scripts/train_tiny_syncnet.py`): 5 frames of 64x64 faces (256x256 aligned faces, resized), lower half.
+    # A tiny SyncNet to train on the demo clips (`scripts/train_tiny_syncnet.py`, config tiny_syncnet_trained):
+    # 5 frames of 64x64 faces (256x256 aligned faces, resized), lower half.
     "syncnet_tiny_trained": {
         "model": {
             "audio_encoder": {
