@@ -96,7 +96,8 @@ def raw(excerpts, tmp_path_factory) -> Path:
         _write(raw / f"{name}.mp4", frames[:60], audio[: 60 * 640])
     scenes = [(excerpts[name][0][first : first + count], excerpts[name][1][first * 640 : (first + count) * 640])
               for name, first, count in CUT_SCENES]  # fmt: skip
-    _write(raw / "speaker" / "cuts.mp4", [f for frames, _ in scenes for f in frames], np.concatenate([a for _, a in scenes]))
+    frames = [frame for scene_frames, _ in scenes for frame in scene_frames]
+    _write(raw / "speaker" / "cuts.mp4", frames, np.concatenate([audio for _, audio in scenes]))
     (raw / "broken.mp4").write_bytes(os.urandom(3000))
     return raw
 
@@ -150,7 +151,8 @@ def test_workers_and_ray_give_the_same_clips(raw, in_process, tmp_path):
     pytest.importorskip("ray")
     output, _ = in_process
     expected_clips, expected_lists = _clips(output), _lists(output)
-    for mode, options in {"workers2": replace(OPTIONS, workers=2), "ray": replace(OPTIONS, workers=2, ray="local")}.items():
+    modes = {"workers2": replace(OPTIONS, workers=2), "ray": replace(OPTIONS, workers=2, ray="local")}
+    for mode, options in modes.items():
         run_pipeline(raw, tmp_path / mode, options)
         assert _clips(tmp_path / mode) == expected_clips, mode
         assert _lists(tmp_path / mode) == expected_lists, mode  # file lists, and every number of meta.jsonl
@@ -159,7 +161,8 @@ def test_workers_and_ray_give_the_same_clips(raw, in_process, tmp_path):
 
 def _cli(raw: Path, output: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "train", "data", "prepare", "--input", str(raw), "--output", str(output),
-            "--max-side", "256", "--min-seconds", "1", "--max-seconds", "2", "--min-face-size", "0", *extra]  # fmt: skip
+            "--max-side", "256", "--min-seconds", "1", "--max-seconds", "2", "--min-face-size", "0",
+            *extra]  # fmt: skip
 
 
 def test_a_killed_run_resumes_without_redoing_finished_clips(raw, in_process, tmp_path):

@@ -59,7 +59,8 @@ STEP_NAMES = ("check", "resample", "scenes", "faces", "segments", "align", "sync
 OPTIONAL_STEPS = ("motion", "text")
 # The options that decide each step's result: its fingerprint.
 STEP_OPTIONS = {
-    "check": (), "resample": ("max_side",), "scenes": ("scene_threshold",), "faces": ("face_detector", "max_face_gap"),
+    "check": (), "resample": ("max_side",), "scenes": ("scene_threshold",),
+    "faces": ("face_detector", "face_model_dir", "max_face_gap"),
     "segments": ("min_seconds", "max_seconds"), "align": ("resolution",),
     "sync": ("syncnet", "min_sync_confidence", "max_sync_offset"),
     "quality": ("min_face_size", "min_sharpness", "min_brightness", "max_brightness"),
@@ -90,6 +91,7 @@ class PipelineOptions:
     max_side: int = 0
     scene_threshold: float = 27.0
     face_detector: Optional[str] = None
+    face_model_dir: Optional[str] = None
     max_face_gap: int = 5
     min_seconds: float = 5.0
     max_seconds: float = 10.0
@@ -121,7 +123,9 @@ class PipelineOptions:
     def check(self) -> None:
         """Raise `ConfigError` on settings that cannot work, before any clip is touched."""
         if not 0 < self.min_seconds <= self.max_seconds:
-            raise ConfigError(f"Need 0 < --min-seconds <= --max-seconds, got {self.min_seconds} and {self.max_seconds}.")
+            raise ConfigError(
+                f"Need 0 < --min-seconds <= --max-seconds, got {self.min_seconds} and {self.max_seconds}."
+            )
         if self.workers < 1:
             raise ConfigError(f"--workers must be at least 1, got {self.workers}.")
         if self.max_face_gap < 0 or self.max_sync_offset < 0:
@@ -183,8 +187,8 @@ class PipelineSummary:
     def table(self) -> str:
         """Per step: inputs, kept, dropped, failed, redone (not skipped), hours kept and wall time; then hours kept and
         dropped per reason."""
-        lines = [f"{'step':9s} {'in':>6s} {'kept':>6s} {'dropped':>8s} {'failed':>7s} {'redone':>7s} {'hours kept':>11s} "
-                 f"{'wall s':>7s}"]  # fmt: skip
+        lines = [f"{'step':9s} {'in':>6s} {'kept':>6s} {'dropped':>8s} {'failed':>7s} {'redone':>7s} "
+                 f"{'hours kept':>11s} {'wall s':>7s}"]  # fmt: skip
         for step in self.steps:
             hours = sum(record["seconds"] for record in step.kept) / 3600
             lines.append(f"{step.name:9s} {step.inputs:6d} {len(step.kept):6d} {len(step.dropped):8d} "
@@ -246,7 +250,8 @@ def run_step(name: str, index: int, records: list[dict], work_dir: Path, options
     step = StepResult(name, inputs=len(records), wall_seconds=time.perf_counter() - start)
     for item, result in zip(items, results):
         if result.status == "failed":
-            step.failed.append({"id": item.key, "error": result.error, "seconds": item.payload.record.get("seconds", 0)})
+            seconds = item.payload.record.get("seconds", 0.0)
+            step.failed.append({"id": item.key, "error": result.error, "seconds": seconds})
             logger.warning("%s failed on %s: %s", name, item.key, result.error)
             continue
         step.done += result.status == "done"
@@ -308,7 +313,9 @@ def cache_features(clips: list[dict], output: Path, options: PipelineOptions) ->
     results = run_items(cache_audio_features, items, workers=options.workers, ray_address=options.ray, label="features")
     for item, result in zip(items, results):
         if result.status == "failed":
-            logger.warning("No audio features for %s (%s); training computes them on first use.", item.key, result.error)
+            logger.warning(
+                "No audio features for %s (%s); training computes them on first use.", item.key, result.error
+            )
 
 
 def run_pipeline(input_dir: str | os.PathLike, output: str | os.PathLike, options: PipelineOptions) -> PipelineSummary:

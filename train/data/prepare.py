@@ -14,7 +14,8 @@ logger = logging.getLogger("train")
 
 def add_parser(subparsers) -> None:
     from .pipeline import (
-        DEFAULT_MAX_SYNC_OFFSET, DEFAULT_MIN_SYNC_CONFIDENCE, OPTIONAL_STEPS, STEP_NAMES, PipelineOptions, default_workers,
+        DEFAULT_MAX_SYNC_OFFSET, DEFAULT_MIN_SYNC_CONFIDENCE, OPTIONAL_STEPS, STEP_NAMES, PipelineOptions,
+        default_workers,
     )  # fmt: skip
 
     defaults = PipelineOptions()
@@ -48,13 +49,17 @@ def add_parser(subparsers) -> None:
         help="with --ray: share of a GPU each face / align / sync task asks for (e.g. 0.25; 0 = CPU only). "
         "Local workers use the GPUs present without it",
     )  # fmt: skip
-    run.add_argument("--keep-intermediate", action="store_true", help="keep OUTPUT/intermediate (a re-run then resumes)")
+    run.add_argument(
+        "--keep-intermediate", action="store_true", help="keep OUTPUT/intermediate (a re-run then resumes)"
+    )
     run.add_argument(
         "--steps", default=None,
         help=f"comma-separated steps to run (default: all but {', '.join(OPTIONAL_STEPS)}; sync needs --syncnet)",
     )  # fmt: skip
     clips = prepare.add_argument_group("clips")
-    clips.add_argument("--resolution", type=int, default=defaults.resolution, choices=(256, 512), help="aligned face size")
+    clips.add_argument(
+        "--resolution", type=int, default=defaults.resolution, choices=(256, 512), help="aligned face size"
+    )
     clips.add_argument(
         "--max-side", type=int, default=defaults.max_side,
         help="store frames whose longer side exceeds this shrunk to it (pixels; 0 = keep); faces are still judged "
@@ -62,7 +67,12 @@ def add_parser(subparsers) -> None:
     )  # fmt: skip
     clips.add_argument("--scene-threshold", type=float, default=defaults.scene_threshold,
                        help="PySceneDetect ContentDetector threshold")  # fmt: skip
-    clips.add_argument("--face-detector", default=None, help="face detector (default: the library's, mediapipe)")
+    clips.add_argument(
+        "--face-detector", default=None,
+        help="face detector: mediapipe (the default, CPU) or insightface (with --face-model-dir; on the GPU when "
+        "onnxruntime has CUDA)",
+    )  # fmt: skip
+    clips.add_argument("--face-model-dir", default=None, help="folder of the face detector's model files")
     clips.add_argument(
         "--max-face-gap", type=int, default=defaults.max_face_gap,
         help="frames without a face that are bridged; a longer miss splits the segment",

@@ -215,7 +215,10 @@ def _face_detector(options: "PipelineOptions", scale: float):
     from latentsync.parallel import worker_cache
 
     name = options.face_detector or DEFAULT_FACE_DETECTOR
-    detector = worker_cache(f"face-detector:{name}", lambda: create_face_detector(name))
+    model_dir = {"model_dir": options.face_model_dir} if options.face_model_dir else {}
+    detector = worker_cache(
+        f"face-detector:{name}:{options.face_model_dir}", lambda: create_face_detector(name, **model_dir)
+    )
     detector.face_filter = FaceFilter.for_min_height(max(1, math.ceil(FaceFilter().min_height * scale)))
     return detector
 
@@ -265,8 +268,8 @@ def step_segments(record: dict, folder: Path, options: "PipelineOptions", report
             elif left_over:
                 outcome.drop(scene_id, "left over", left_over / FPS)
             for first, last in pieces:
-                outcome.kept.append({**base, "id": f"{scene_id}_{piece:02d}", "first_frame": first,
-                                     "stop_frame": last, "frames": last - first, "seconds": (last - first) / FPS})  # fmt: skip
+                outcome.kept.append({**base, "id": f"{scene_id}_{piece:02d}", "first_frame": first, "stop_frame": last,
+                                     "frames": last - first, "seconds": (last - first) / FPS})  # fmt: skip
                 piece += 1
     return outcome
 
@@ -385,7 +388,8 @@ def step_text(record: dict, folder: Path, options: "PipelineOptions", report: Re
 
     from .filters import load_text_reader, text_fraction
 
-    fraction = text_fraction(read_frames(record["path"]), record["frames"], worker_cache("text-reader", load_text_reader))
+    reader = worker_cache("text-reader", load_text_reader)
+    fraction = text_fraction(read_frames(record["path"]), record["frames"], reader)
     if fraction > options.max_text_fraction:
         raise Dropped("text", f"text covers {fraction:.3f} of the frame")
     return StepOutcome(kept=[{**record, "text_fraction": fraction}])
