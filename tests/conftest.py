@@ -99,3 +99,33 @@ def face_detector():
     from latentsync.face.detectors import create_face_detector
 
     return create_face_detector()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# ComfyUI nodes
+
+
+@pytest.fixture(scope="module")
+def comfy_nodes(tiny_models_dir: Path, tmp_path_factory):
+    """The node modules (``comfy_nodes.loaders``, ``.prepare``, ``.sampler``, ...) imported under stand-in ComfyUI
+    modules (`helpers.comfy`) for one test module, with the tiny models where ComfyUI keeps them:
+    ``models/latentsync/{latentsync_unet.pt, whisper/tiny.pt, stable_syncnet.pt}`` and ``models/vae/sd-vae-ft-mse``.
+    ``comfy_nodes.stubs`` is the `helpers.comfy.ComfyStubs` (model manager, folders). Library classes the tests
+    compare with must come from ``pack_module("latentsync...")``, imported at module level (before this fixture)."""
+    from types import SimpleNamespace
+
+    from helpers.comfy import comfy_stubs
+    from helpers.pack import pack_module
+
+    root = tmp_path_factory.mktemp("comfyui")
+    models = root / "models"
+    (models / "latentsync" / "whisper").mkdir(parents=True)
+    (models / "vae").mkdir()
+    (models / "loras").mkdir()
+    (root / "temp").mkdir()
+    for name in ("latentsync_unet.pt", "whisper/tiny.pt", "stable_syncnet.pt"):
+        (models / "latentsync" / name).symlink_to(tiny_models_dir / name)
+    (models / "vae" / "sd-vae-ft-mse").symlink_to(tiny_models_dir / "sd-vae-ft-mse", target_is_directory=True)
+    with comfy_stubs(models, root / "temp") as stubs:
+        names = ("common", "loaders", "prepare", "sampler", "score", "video", "vae_codecs", "extension")
+        yield SimpleNamespace(stubs=stubs, **{name: pack_module(f"nodes.{name}") for name in names})
