@@ -110,7 +110,8 @@ def comfy_nodes(tiny_models_dir: Path, tmp_path_factory):
     """The node modules (``comfy_nodes.loaders``, ``.prepare``, ``.sampler``, ...) imported under stand-in ComfyUI
     modules (`helpers.comfy`) for one test module, with the tiny models where ComfyUI keeps them:
     ``models/latentsync/{latentsync_unet.pt, whisper/tiny.pt, stable_syncnet.pt}`` and ``models/vae/sd-vae-ft-mse``.
-    ``comfy_nodes.stubs`` is the `helpers.comfy.ComfyStubs` (model manager, folders). Library classes the tests
+    ``comfy_nodes.stubs`` is the `helpers.comfy.ComfyStubs` (model manager, folders; ComfyUI's input folder is
+    ``stubs.temp_dir.parent / "input"``). Library classes the tests
     compare with must come from ``pack_module("latentsync...")``, imported at module level (before this fixture)."""
     from types import SimpleNamespace
 
@@ -122,7 +123,8 @@ def comfy_nodes(tiny_models_dir: Path, tmp_path_factory):
     (models / "latentsync" / "whisper").mkdir(parents=True)
     (models / "vae").mkdir()
     (models / "loras").mkdir()
-    (root / "temp").mkdir()
+    for folder in ("temp", "input", "output"):
+        (root / folder).mkdir()
     for name in ("latentsync_unet.pt", "whisper/tiny.pt", "stable_syncnet.pt"):
         (models / "latentsync" / name).symlink_to(tiny_models_dir / name)
     (models / "vae" / "sd-vae-ft-mse").symlink_to(tiny_models_dir / "sd-vae-ft-mse", target_is_directory=True)

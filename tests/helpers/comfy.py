@@ -1,6 +1,6 @@
-"""Stand-ins for the ComfyUI modules the nodes import (``comfy``, ``comfy_api.latest``, ``folder_paths``), so every
-node runs in the tests without a ComfyUI checkout, installed with ``patch.dict("sys.modules", ...)`` as ComfyUI's
-own ``tests-unit`` do.
+"""Stand-ins for the ComfyUI modules the nodes import (``comfy``, ``comfy_api.latest``, ``comfy_execution``,
+``folder_paths``), so every node runs in the tests without a ComfyUI checkout, installed with
+``patch.dict("sys.modules", ...)`` as ComfyUI's own ``tests-unit`` do.
 
 Each stand-in keeps the signatures of ComfyUI v0.3.64 for what the nodes use (an input option ComfyUI does not
 accept is a ``TypeError`` here too) and the behaviour they rely on, and nothing more: ``folder_paths`` over a real
@@ -43,7 +43,8 @@ def _module(name: str, **attributes) -> ModuleType:
 
 
 def folder_paths_module(models_dir: Path, temp_dir: Path) -> ModuleType:
-    """``folder_paths`` over ``models_dir`` with ComfyUI's ``vae`` and ``loras`` folders registered."""
+    """``folder_paths`` over ``models_dir`` with ComfyUI's ``vae`` and ``loras`` folders registered; the input and
+    output folders are ``input`` and ``output`` beside ``temp_dir``."""
     folders = {
         name: ([str(models_dir / name)], set(SUPPORTED_PT_EXTENSIONS)) for name in ("vae", "loras", "checkpoints")
     }
@@ -91,6 +92,8 @@ def folder_paths_module(models_dir: Path, temp_dir: Path) -> ModuleType:
         get_full_path=get_full_path,
         get_full_path_or_raise=get_full_path_or_raise,
         get_temp_directory=lambda: str(temp_dir),
+        get_input_directory=lambda: str(temp_dir.parent / "input"),
+        get_output_directory=lambda: str(temp_dir.parent / "output"),
     )
 
 
@@ -206,11 +209,17 @@ class DiagonalGaussianRegularizer(torch.nn.Module):
 
 
 class Input:
+    io_type = None
+
     def __init__(self, id: str, display_name: str = None, optional=False, tooltip: str = None, lazy: bool = None,
                  extra_dict=None):  # fmt: skip
         self.id, self.display_name, self.optional = id, display_name, optional
         self.tooltip, self.lazy = tooltip, lazy
         self.extra_dict = extra_dict or {}
+
+    def get_io_type(self):
+        """What ComfyUI checks a connected or typed value against (a list of options: the value must be one)."""
+        return self.io_type
 
 
 class WidgetInput(Input):
@@ -257,6 +266,14 @@ class FloatInput(WidgetInput):
                  display_mode=None, socketless: bool = None, force_input: bool = None):  # fmt: skip
         super().__init__(id, display_name, optional, tooltip, lazy, default, socketless, None, force_input)
         self.min, self.max, self.step, self.round = min, max, step, round
+
+
+class StringInput(WidgetInput):
+    def __init__(self, id: str, display_name: str = None, optional=False, tooltip: str = None, lazy: bool = None,
+                 multiline=False, placeholder: str = None, default: str = None, dynamic_prompts: bool = None,
+                 socketless: bool = None, force_input: bool = None):  # fmt: skip
+        super().__init__(id, display_name, optional, tooltip, lazy, default, socketless, None, force_input)
+        self.multiline, self.placeholder = multiline, placeholder
 
 
 class ComboInput(WidgetInput):
@@ -368,6 +385,7 @@ def comfy_api_modules() -> dict[str, ModuleType]:
         Boolean=comfy_type("BOOLEAN", BooleanInput),
         Int=comfy_type("INT", IntInput),
         Float=comfy_type("FLOAT", FloatInput),
+        String=comfy_type("STRING", StringInput),
         Combo=comfy_type("COMBO", ComboInput),
         Image=comfy_type("IMAGE"),
         Audio=comfy_type("AUDIO"),
@@ -384,6 +402,29 @@ def comfy_api_modules() -> dict[str, ModuleType]:
         ComfyExtension=ComfyExtension,
     )
     return {"comfy_api": _module("comfy_api", latest=latest), "comfy_api.latest": latest}
+
+
+class GraphNode:
+    def __init__(self, id: str, class_type: str, inputs: dict):
+        self.id, self.class_type, self.inputs = id, class_type, inputs
+
+    def out(self, index: int) -> list:
+        return [self.id, index]
+
+
+class GraphBuilder:
+    """``comfy_execution.graph_utils.GraphBuilder``: the nodes of a node expansion; ``finalize`` gives the prompt."""
+
+    def __init__(self, prefix: str | None = None):
+        self.nodes: dict[str, GraphNode] = {}
+
+    def node(self, class_type: str, id: str | None = None, **kwargs) -> GraphNode:
+        id = id or str(len(self.nodes) + 1)
+        self.nodes[id] = GraphNode(id, class_type, kwargs)
+        return self.nodes[id]
+
+    def finalize(self) -> dict:
+        return {id: {"class_type": node.class_type, "inputs": node.inputs} for id, node in self.nodes.items()}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -424,6 +465,8 @@ def comfy_stubs(models_dir: Path, temp_dir: Path) -> Iterator[ComfyStubs]:
         **{f"comfy.{name}": module for name, module in comfy_modules.items()},
         **comfy_api_modules(),
         "folder_paths": folder_paths_module(models_dir, temp_dir),
+        "comfy_execution": _module("comfy_execution"),
+        "comfy_execution.graph_utils": _module("comfy_execution.graph_utils", GraphBuilder=GraphBuilder),
     }
     with patch.dict(sys.modules, modules):
         yield ComfyStubs(modules, management, models_dir, temp_dir)
