@@ -83,6 +83,7 @@ def test_cli_end_to_end_on_a_generated_clip(tmp_path, capsys):
     assert E2E_STAGES <= set(result["ms_per_frame_wall"])
 
 
+@pytest.mark.slow
 def test_cli_end_to_end_comparison_of_exact_switches(tmp_path, capsys):
     """The pipeline's exact switches against its defaults on the same clip: frames within one level before
     encoding (float rounding of the smaller VAE and UNet batches)."""
@@ -97,6 +98,7 @@ def test_cli_end_to_end_comparison_of_exact_switches(tmp_path, capsys):
     assert "speed-up" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_python_dash_m_bench_runs():
     completed = subprocess.run(
         [sys.executable, "-m", "latentsync", "bench", "--frames", "2", "--steps", "1", "--resolution", "32",

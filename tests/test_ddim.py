@@ -48,6 +48,7 @@ def test_initial_noise_is_one_draw_repeated(trajectory):
     torch.testing.assert_close(noise.repeat(1, 1, 8, 1, 1), tensors["init_latents"], atol=0, rtol=0)
 
 
+@pytest.mark.slow
 def test_full_trajectory(trajectory, fixture_unet):
     tensors, _ = trajectory
     recorder = RecordingUNet(fixture_unet)

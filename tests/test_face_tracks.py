@@ -124,6 +124,7 @@ def test_tracker_options_are_checked(search):
         FaceSearch(search.detector, tile_size=16)
 
 
+@pytest.mark.slow
 def test_faces_cli_prints_the_table_and_writes_a_sheet(tmp_path, scene):
     frames, _ = scene
     clip = write_scene(tmp_path / "two.mp4", frames[:20], None)

@@ -314,6 +314,7 @@ def test_wrong_model_files_are_named(tmp_path, tiny_models_dir):
 # real clips, command line, memory
 
 
+@pytest.mark.slow
 def test_real_clip_with_mediapipe(assets_dir, tmp_path, tiny_models):
     samples = load_audio(assets_dir / "demo1_audio.wav")[: 16000 * 2 // 5][None]  # the first 0.4 s
     audio = write_wav(tmp_path / "speech.wav", samples)
@@ -342,6 +343,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_cli_end_to_end(tmp_path, tiny_models_dir):
     # MediaPipe finds no face in the synthetic clip: the run passes every frame through, exit code 0
     clip = write_clip(tmp_path / "clip.mp4", 6, size=SIZE, audio=speech(0.24, 48000, 2))
@@ -353,6 +355,7 @@ def test_cli_end_to_end(tmp_path, tiny_models_dir):
     assert len(decode_frames(output)) == 6
 
 
+@pytest.mark.slow
 def test_cli_bad_input_exits_1_with_one_line(tmp_path, tiny_models_dir):
     output = tmp_path / "out.mp4"
     result = _cli("--video", str(tmp_path / "missing.mp4"), "--output", str(output), "--quiet")
@@ -394,6 +397,7 @@ def test_stream_holds_a_bounded_number_of_frames(tiny_models, num_frames):
     assert most_alive <= 8 + 1
 
 
+@pytest.mark.slow
 def test_peak_memory_does_not_grow_with_length(tiny_models_dir):
     """The repository's measuring script at a CI-friendly size; each run is its own process.
 

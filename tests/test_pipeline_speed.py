@@ -59,6 +59,7 @@ def synced(pipeline: LipSyncPipeline, events: list | None = None) -> list[np.nda
     return list(pipeline.sync_frames(clip_frames(), features, Fraction(25), progress))
 
 
+@pytest.mark.slow
 def test_exact_switches_keep_the_output(tiny_models):
     exact_events, fast_events = [], []
     exact = synced(make_pipeline(tiny_models), exact_events)
@@ -70,6 +71,7 @@ def test_exact_switches_keep_the_output(tiny_models):
     assert len([event for event in exact_events if event[0] == "denoise"]) == 4 * 2
 
 
+@pytest.mark.slow
 def test_window_batches_equal_windows_one_by_one(tiny_models):
     generator = lambda: torch.Generator().manual_seed(5)
     pipeline = make_pipeline(tiny_models)

@@ -267,6 +267,7 @@ def clip_30fps(assets_dir, tmp_path_factory):
     return folder / "clip30.mp4", write_audio(folder / "audio.wav", wave[None], SAMPLE_RATE), wave
 
 
+@pytest.mark.slow
 def test_cli_scores_a_30fps_video(tiny_syncnet, face_detector, clip_30fps, tmp_path, capsys):
     video, audio, wave = clip_30fps
     checkpoint = save_syncnet(tiny_syncnet, tmp_path / "syncnet_tiny.pt")

@@ -16,6 +16,9 @@ from latentsync.errors import CheckpointError
 from latentsync.models.vae import DiffusersVAE
 
 
+pytestmark = pytest.mark.slow  # the CLI in subprocesses: minutes on a 2-core runner
+
+
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     """Run the real CLI once, as a user would."""

@@ -129,6 +129,7 @@ def test_warmup_lasts_the_configured_optimizer_steps_with_n_processes(deepspeed)
     assert rates[warmup - 1] < 1.0 and rates[warmup:] == [1.0, 1.0]
 
 
+@pytest.mark.slow
 def test_train_runs_from_any_folder_once_installed(tmp_path):
     """``pip install`` puts the configs and DeepSpeed presets beside the code (package data); ``python -m train``
     finds them from another folder, without the checkout on the path."""

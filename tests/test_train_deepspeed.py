@@ -21,6 +21,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 FAST = ["run.report_to=", "run.gradient_checkpointing=false", "validation.every_n_steps=-1", "data.cache_dir=cache"]
 
 
+pytestmark = pytest.mark.slow  # real DeepSpeed runs in subprocesses: minutes on a 2-core runner
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("train_cli")

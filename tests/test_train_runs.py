@@ -20,6 +20,9 @@ from train.config import load_config
 from train.data.tiny import make_tiny_assets
 
 
+pytestmark = pytest.mark.slow  # end-to-end training runs: minutes on a 2-core runner
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
     """A folder holding ``tiny/`` (what the tiny configs point at); tests run from it."""
