@@ -3,6 +3,7 @@ and the bridge from the pipeline's progress / cancel callbacks to ComfyUI."""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -12,12 +13,14 @@ import torch
 from comfy import model_management
 from comfy.cli_args import args
 from comfy.utils import ProgressBar
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 from PIL import Image
 
 from ..latentsync.pipeline.settings import DEFAULT_SETTINGS, SETTING_SPECS
 from .convert import check_video_path
-from .data import StepProgress, latentsync_file_kind, setting_widget
+from .data import StepProgress, latentsync_file_kind, setting_input_name, setting_widget
+
+logger = logging.getLogger(__name__)
 
 CATEGORY = "LatentSync"
 
@@ -92,17 +95,18 @@ class Choice(io.Combo.Input):
 # Inputs from the settings table
 
 
-def setting_input(name: str, display_name: str | None = None, widget: dict | None = None, **overrides) -> io.Input:
-    """The input of `LipSyncSettings` field ``name`` with its default, bounds and help from ``SETTING_SPECS`` (or
-    from ``widget``, `setting_widget` of another table)."""
+def setting_input(name: str, widget: dict | None = None, **overrides) -> io.Input:
+    """The input of `LipSyncSettings` field ``name``, named `setting_input_name`, with its default, bounds and help
+    from ``SETTING_SPECS`` (or from ``widget``, `setting_widget` of another table)."""
     options = {**(widget or setting_widget(name)), **overrides}
+    input_name = setting_input_name(name)
     if "options" in options:
-        return Choice(name, display_name=display_name, **options)
+        return Choice(input_name, **options)
     if isinstance(options["default"], bool):
-        return io.Boolean.Input(name, display_name=display_name, **options)
+        return io.Boolean.Input(input_name, **options)
     if isinstance(options["default"], float):
-        return io.Float.Input(name, display_name=display_name, **options)
-    return io.Int.Input(name, display_name=display_name, **options)
+        return io.Float.Input(input_name, **options)
+    return io.Int.Input(input_name, **options)
 
 
 def vae_input() -> io.Input:
@@ -118,10 +122,10 @@ def vae_input() -> io.Input:
 def generation_inputs() -> list[io.Input]:
     """Steps, guidance, seed and window length: the inputs every sampling node has."""
     return [
-        setting_input("num_inference_steps", "steps"),
-        setting_input("guidance_scale", "guidance"),
+        setting_input("num_inference_steps"),
+        setting_input("guidance_scale"),
         setting_input("seed", control_after_generate=True),
-        setting_input("num_frames", "window_frames"),
+        setting_input("num_frames"),
     ]
 
 
@@ -142,7 +146,23 @@ def policy_inputs() -> list[io.Input]:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Progress and cancel
+# Notices, progress and cancel
+
+
+def show_notices(notices: list[str]) -> ui.PreviewText | None:
+    """Log ``notices`` (`run_notices`) and show them on the node that runs: as its progress text in the frontend
+    (on the all-in-one node when it runs the sampler for it) and as a ``text`` UI output in the prompt's history."""
+    if not notices:
+        return None
+    from server import PromptServer  # the running server's module: imported when a node runs, not with the pack
+
+    text = "\n".join(notices)
+    logger.warning("LatentSync: %s", text)
+    server = PromptServer.instance
+    if server.last_node_id is not None:  # the node the frontend shows as running (set for frontend clients)
+        server.send_progress_text(text, server.last_node_id)
+    return ui.PreviewText(text)
+
 
 
 def check_cancel() -> bool:

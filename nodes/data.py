@@ -111,7 +111,7 @@ class AudioEmbeds:
                 f"The video runs {timeline.num_output_frames} frames ({float(timeline.duration):.2f} s at "
                 f"{float(timeline.fps):g} fps) but the audio embeddings cover {covered_frames} frames "
                 f"({self.encoded_samples / MODEL_SAMPLE_RATE:.2f} s). short_audio='pad' keeps the whole video: set "
-                f"num_frames to {timeline.num_output_frames} and fps to {float(timeline.fps):g} on LatentSync Audio "
+                f"video_frames to {timeline.num_output_frames} and fps to {float(timeline.fps):g} on LatentSync Audio "
                 "Encode, or use short_audio='trim'."
             )
 
@@ -331,6 +331,26 @@ class StepProgress:
         return self.done
 
 
+def run_notices(timeline: Timeline, num_generated: int) -> list[str]:
+    """What the user of a finished run must know, to show on the node: no frame had a face (the output is the
+    input), or most of the output replays the video because the speech is much longer."""
+    notices = []
+    if num_generated == 0:
+        notices.append(
+            "No face was found in any frame, so the video is unchanged. Check the face detector and face_index, or "
+            "use a clip whose face is visible."
+        )
+    replayed = timeline.num_output_frames - timeline.num_video_frames
+    if replayed > timeline.num_output_frames / 2:
+        video_seconds = float(timeline.num_video_frames / timeline.fps)
+        notices.append(
+            f"The speech ({float(timeline.audio_duration):.1f} s) is much longer than the video ({video_seconds:.1f} "
+            f"s): {100 * replayed / timeline.num_output_frames:.0f}% of the output replays the video "
+            f"(long_audio = {timeline.long_audio}). Use a longer video or shorter speech."
+        )
+    return notices
+
+
 def num_model_frames(num_output_frames: int, fps: Fraction) -> int:
     """25 fps model frames behind ``num_output_frames`` frames at ``fps``."""
     return math.ceil(num_output_frames * MODEL_FPS / Fraction(fps))
@@ -354,6 +374,21 @@ def latentsync_file_kind(name: str) -> str | None:
 
 # ----------------------------------------------------------------------------------------------------------
 # Widgets from the settings table
+
+# Node inputs named otherwise than their `LipSyncSettings` field: the frontend shows input names, and the sampler's
+# window length must not read like Audio Encode's video length.
+SETTING_INPUT_NAMES = {"num_inference_steps": "steps", "guidance_scale": "guidance", "num_frames": "window_frames"}
+
+
+def setting_input_name(field: str) -> str:
+    """The node input of settings field ``field``."""
+    return SETTING_INPUT_NAMES.get(field, field)
+
+
+def setting_fields(inputs: dict) -> dict:
+    """Node input values (`setting_input_name`) by their settings field."""
+    fields = {name: field for field, name in SETTING_INPUT_NAMES.items()}
+    return {fields.get(name, name): value for name, value in inputs.items()}
 
 
 def setting_widget(name: str, specs: dict = SETTING_SPECS, defaults=DEFAULT_SETTINGS) -> dict:

@@ -278,7 +278,6 @@ class LatentSyncFaceDetectorLoader(io.ComfyNode):
             inputs=[
                 setting_input(
                     "face_detector",
-                    "detector",
                     tooltip="mediapipe: offline, nothing to download (default). insightface: the reference's detector "
                     "(needs onnxruntime and InsightFace's buffalo_l models in models/insightface/models).",
                 ),

@@ -65,10 +65,10 @@ class LatentSyncAudioEncode(io.ComfyNode):
                 io.Audio.Input("audio", tooltip="The speech to lip-sync to (e.g. from Load Audio)."),
                 fps_input(
                     "Frame rate of the video the speech will drive (connect fps from Get Video Components); "
-                    "used with num_frames only."
+                    "used with video_frames only."
                 ),
                 io.Int.Input(
-                    "num_frames",
+                    "video_frames",
                     default=0,
                     min=0,
                     max=10_000_000,
@@ -80,9 +80,9 @@ class LatentSyncAudioEncode(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, audio_encoder: ModelPatcher, audio, fps, num_frames) -> io.NodeOutput:
+    def execute(cls, audio_encoder: ModelPatcher, audio, fps, video_frames) -> io.NodeOutput:
         waveform = model_waveform(audio)
-        encoded = padded_length(len(waveform), num_frames, as_fps(fps)) if num_frames else len(waveform)
+        encoded = padded_length(len(waveform), video_frames, as_fps(fps)) if video_frames else len(waveform)
         model_management.load_models_gpu([audio_encoder])
         features = audio_encoder.model.module.encode(np.pad(waveform, (0, encoded - len(waveform))))
         return io.NodeOutput(AudioEmbeds(features, len(waveform), encoded))
@@ -186,7 +186,7 @@ class LatentSyncFaceTracks(io.ComfyNode):
                 FACE_DETECTOR.Input("face_detector", tooltip="From LatentSync Face Detector Loader."),
                 io.Image.Input("images", tooltip="The video frames (e.g. from Get Video Components)."),
                 fps_input("Frame rate of the frames (connect fps from Get Video Components)."),
-                setting_input("min_face_size", "min_face"),
+                setting_input("min_face_size"),
                 landmark_filter_input(),
             ],
             outputs=[

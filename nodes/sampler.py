@@ -56,6 +56,7 @@ from .common import (
     latentsync_files,
     policy_inputs,
     setting_input,
+    show_notices,
     speaker_input,
     vae_input,
 )
@@ -67,6 +68,8 @@ from .data import (
     StepProgress,
     face_index_setting,
     num_model_frames,
+    run_notices,
+    setting_fields,
     setting_widget,
 )
 from .loaders import DEFAULT_INSIGHTFACE_MODEL, vae_choices
@@ -127,8 +130,9 @@ def lipsync_video(
     speed: SpeedSettings,
     syncnet: ModelPatcher | None = None,
     speaker_map: list[tuple[str, dict | None]] | None = None,
-) -> InputImpl.VideoFromFile:
-    """Stream ``video`` through the pipeline (`LipSyncPipeline.run`) in a scratch folder that is always removed.
+) -> io.NodeOutput:
+    """Stream ``video`` through the pipeline (`LipSyncPipeline.run`) in a scratch folder that is always removed;
+    the output VIDEO, with the run's notices.
 
     ``syncnet`` finds the speaker for ``settings.speaker="auto"``; ``speaker_map`` (from Speaker Map) gives faces
     their own voices."""
@@ -172,7 +176,7 @@ def lipsync_video(
         report = pipeline.run(video_path, audio_path, output_path, progress.progress, progress.cancel, voices)
         progress.finish()
         log_report(report)
-        return video_output(output_path)
+        return io.NodeOutput(video_output(output_path), ui=show_notices(run_notices(timeline, report.num_generated)))
 
 
 def sampling_progress(timeline: Timeline, settings: LipSyncSettings) -> SamplingProgress:
@@ -196,8 +200,9 @@ def speed_input() -> io.Input:
     return SPEED.Input("speed", optional=True, tooltip="From LatentSync Speed; unconnected: the exact path.")
 
 
-def run_settings(model: LatentSyncModel, **values) -> LipSyncSettings:
-    """`LipSyncSettings` from node inputs (``face_index`` as the widget's integer)."""
+def run_settings(model: LatentSyncModel, **inputs) -> LipSyncSettings:
+    """`LipSyncSettings` from node inputs (`setting_fields`; ``face_index`` as the widget's integer)."""
+    values = setting_fields(inputs)
     if "face_index" in values:
         values["face_index"] = face_index_setting(values["face_index"])
     return LipSyncSettings(resolution=model.resolution, **values)
@@ -270,7 +275,7 @@ class LatentSyncSampler(io.ComfyNode):
         report.stage_seconds = dict(clock.seconds)
         report.wall_seconds = time.perf_counter() - started
         log_report(report)
-        return io.NodeOutput(output)
+        return io.NodeOutput(output, ui=show_notices(run_notices(timeline, report.num_generated)))
 
 
 class LatentSyncVideoSampler(io.ComfyNode):
@@ -314,8 +319,8 @@ class LatentSyncVideoSampler(io.ComfyNode):
         **settings,
     ) -> io.NodeOutput:  # fmt: skip
         settings = run_settings(model, face_detector=face_detector.name, **settings)
-        return io.NodeOutput(
-            lipsync_video(model, vae, audio_encoder, face_detector, video, audio, settings, speed, syncnet, speaker_map)
+        return lipsync_video(
+            model, vae, audio_encoder, face_detector, video, audio, settings, speed, syncnet, speaker_map
         )
 
 

@@ -41,7 +41,7 @@ def test_embeddings_cover_the_speech_policies():
 
 def test_pad_needs_silence_from_audio_encode():
     timeline = timeline_module.plan_timeline(40, Fraction(1), 25, "pingpong", "pad")
-    with pytest.raises(errors.MediaError, match="set num_frames to 40 and fps to 25 on LatentSync Audio Encode"):
+    with pytest.raises(errors.MediaError, match="set video_frames to 40 and fps to 25 on LatentSync Audio Encode"):
         embeds(16000, 16000).check_covers(timeline)
     padded = data.padded_length(16000, 40, Fraction(25))
     assert padded == 25600
@@ -192,3 +192,25 @@ def test_speed_widgets_come_from_the_speed_table():
     assert data.setting_widget("compile", speed.SPEED_SPECS, speed.EXACT)["default"] is False
     vae_batch = data.setting_widget("vae_batch", speed.SPEED_SPECS, speed.EXACT)
     assert (vae_batch["default"], vae_batch["min"], vae_batch["max"]) == (0, 0, speed.SPEED_SPECS["vae_batch"].maximum)
+
+
+def test_notices_say_when_nothing_was_synced_or_the_video_mostly_replays():
+    plan = timeline_module.plan_timeline
+    # 10 s of speech over a 2 s clip: 80% of the output replays the clip
+    looped = data.run_notices(plan(50, Fraction(10), Fraction(25), "loop", "trim"), num_generated=250)
+    assert len(looped) == 1 and "80% of the output replays the video (long_audio = loop)" in looped[0]
+    # 3 s over 2 s replays a third: no notice; and nothing generated is always said
+    assert data.run_notices(plan(50, Fraction(3), Fraction(25), "pingpong", "trim"), num_generated=75) == []
+    (faceless,) = data.run_notices(plan(50, Fraction(2), Fraction(25), "loop", "trim"), num_generated=0)
+    assert faceless.startswith("No face was found in any frame")
+
+
+def test_ambiguous_settings_get_input_names_that_say_what_they_are():
+    names = {field: data.setting_input_name(field) for field in ("num_inference_steps", "num_frames", "seed")}
+    assert names == {"num_inference_steps": "steps", "num_frames": "window_frames", "seed": "seed"}
+    assert data.setting_fields({"steps": 3, "guidance": 1.0, "window_frames": 8, "seed": 1}) == {
+        "num_inference_steps": 3,
+        "guidance_scale": 1.0,
+        "num_frames": 8,
+        "seed": 1,
+    }

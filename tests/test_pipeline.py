@@ -170,9 +170,10 @@ def test_no_face_error_stops_and_writes_nothing(tmp_path, tiny_models):
     clip = write_clip(tmp_path / "clip.mp4", 10, size=SIZE, has_face=lambda index: index < 3)
     audio = write_wav(tmp_path / "speech.wav", speech(0.4))
     pipeline = make_pipeline(tiny_models, ZeroNoiseUNet(), no_face="error")
-    with pytest.raises(NoFaceError, match=r"output frame 3 \(0.12 s\)"):
+    with pytest.raises(NoFaceError, match=r"output frame 3 \(0.12 s\)") as caught:
         pipeline.run(clip, audio, tmp_path / "out.mp4")
     assert_nothing_written(tmp_path, tmp_path / "out.mp4")
+    assert "set no_face to passthrough" in str(caught.value) and "--" not in str(caught.value)  # no CLI flag
 
 
 def test_cancel_stops_and_writes_nothing(tmp_path, tiny_models):

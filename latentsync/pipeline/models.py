@@ -207,7 +207,7 @@ def infer_resolution(unet_path: os.PathLike | str) -> tuple[int, str]:
             return int(resolution.group(1)), f"the path names {resolution.group(1)} px ({name!r})"
     return DEFAULT_RESOLUTION, (
         f"nothing in {path} names a version, so {DEFAULT_RESOLUTION} px (LatentSync 1.5) is assumed; "
-        "pass --resolution 512 for a LatentSync 1.6 checkpoint"
+        "set the resolution to 512 for a LatentSync 1.6 checkpoint"
     )
 
 

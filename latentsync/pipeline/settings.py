@@ -286,7 +286,7 @@ def resolve_device(name: str = AUTO) -> torch.device:
     except RuntimeError as error:
         raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from error
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} was asked for but this torch build sees no CUDA GPU; use --device cpu")
+        raise ConfigError(f"device {name!r} was asked for but this torch build sees no CUDA GPU; choose the cpu device")
     return device
 
 

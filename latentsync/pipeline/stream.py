@@ -99,7 +99,7 @@ class SyncStream:
         if face is None and self.no_face == "error":
             raise NoFaceError(
                 f"No face in output frame {index} ({float(index / self.fps):.2f} s). Use a clip with a visible face "
-                "in every frame, or no_face='passthrough' (--no-face passthrough) to keep such frames unchanged."
+                "in every frame, or set no_face to passthrough to keep such frames unchanged."
             )
         self.pending.append(_PendingFrame(index, frame, face))
         for model_frame in model_frames_of(index, self.fps):

@@ -75,3 +75,20 @@ def test_every_input_and_output_has_a_tooltip(comfy: ComfyServer) -> None:
             if not tooltip:
                 missing.append(f"{name} output {output_name}")
     assert not missing, "no tooltip on: " + ", ".join(missing)
+
+
+def test_inputs_are_shown_by_names_that_say_what_they_hold(comfy: ComfyServer) -> None:
+    # The frontend labels inputs by name, not display_name: a display_name would show only in some places, and one
+    # name must not mean two things (the Sampler's window length vs Audio Encode's video length).
+    renamed, names = [], {}
+    for node, info in pack_nodes(comfy).items():
+        for section in ("required", "optional"):
+            for input_name, spec in info["input"].get(section, {}).items():
+                options = spec[1] if len(spec) > 1 else {}
+                if options.get("display_name", input_name) != input_name:
+                    renamed.append(f"{node}.{input_name} shown as {options['display_name']}")
+                names.setdefault(input_name, set()).add(node)
+    assert not renamed
+    assert "num_frames" not in names
+    assert {"LatentSyncSampler", "LatentSyncVideoSampler", "LatentSyncLipSync"} <= names["window_frames"]
+    assert names["video_frames"] == {"LatentSyncAudioEncode"}

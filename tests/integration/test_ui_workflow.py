@@ -93,5 +93,25 @@ def test_widget_count_mismatch_is_reported(frontend: FrontendSession) -> None:
 
 @pytest.mark.parametrize("path", PACK_WORKFLOWS, ids=[p.name for p in PACK_WORKFLOWS])
 def test_pack_workflow_loads_cleanly(frontend: FrontendSession, path: Path) -> None:
-    report = frontend.check(json.loads(path.read_text()), path.name)
+    workflow = json.loads(path.read_text())
+    report = frontend.check(workflow, path.name)
     assert report.ok, report
+    # The graph shown is the file's: every node, nothing else (not the frontend's start-up graph, not an empty one)
+    assert sorted((n["id"], n["type"]) for n in report.nodes) == sorted((n["id"], n["type"]) for n in workflow["nodes"])
+    assert report.nodes
+
+
+def test_a_graph_the_frontend_loads_by_itself_is_not_taken_for_the_drop(frontend: FrontendSession) -> None:
+    # While the drop is awaited the frontend loads another graph, as it does with its start-up workflow, and the
+    # dropped file never loads (it is not a workflow): the check must keep waiting for the file, not describe the
+    # other graph.
+    frontend.page.evaluate(
+        "(graph) => { setTimeout(() => window.comfyAPI.app.app.loadGraphData(graph), 500); }",
+        empty_image_to_preview([32, 32, 1, 0]),
+    )
+    timeout_s, frontend.timeout_s = frontend.timeout_s, 5.0
+    try:
+        with pytest.raises(RuntimeError, match="did not load the dropped workflow"):
+            frontend.check({"not": "a workflow"}, "dropped.json")
+    finally:
+        frontend.timeout_s = timeout_s

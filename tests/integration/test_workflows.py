@@ -22,10 +22,12 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import numpy as np
 import pytest
 
 from latentsync.conventions import MODEL_SAMPLE_RATE
 from latentsync.media.audio import load_audio
+from latentsync.media.writer import VideoWriter
 
 from .comfy_server import REPO_ROOT, ComfyServer
 from .pack_assets import (
@@ -44,7 +46,7 @@ from .workflow_builder import UNET_FILE, VAE_FILE, VIDEO_FILE, WORKFLOWS
 API_DIR = REPO_ROOT / "workflows" / "api"
 DOCS = REPO_ROOT / "docs" / "comfyui.md"
 CORE_TEST_VAE = "taesd"
-FAST = {"num_inference_steps": 1, "guidance_scale": 1.0}  # with 16-frame windows: one UNet call per clip
+FAST = {"steps": 1, "guidance": 1.0}  # with 16-frame windows: one UNet call per clip
 RUN_TIMEOUT_S = 240.0
 CLIP_FRAMES = int(CLIP_SECONDS * CLIP_FPS)
 
@@ -216,7 +218,7 @@ def test_video_sampler_with_the_videos_own_sound_a_lora_and_deepcache(pack_serve
     switches = {"deepcache_interval": 2, "deepcache_branch": 0, "cfg_batch": True, "compile": False, "vae_batch": 0}
     switches.update({"window_batch": 2, "detect_size": 0, "io_overlap": True})
     prompt["91"] = {"class_type": "LatentSyncSpeed", "inputs": switches}
-    sampler["inputs"].update({"model": ["90", 0], "speed": ["91", 0], "num_inference_steps": 2})
+    sampler["inputs"].update({"model": ["90", 0], "speed": ["91", 0], "steps": 2})
     # The output lasts as the sound decodes: AAC adds its padding, so this may be one frame more than the clip.
     sound = load_audio(pack_server.input_dir / VIDEO_FILE, MODEL_SAMPLE_RATE)
     frames = math.floor(Fraction(len(sound), MODEL_SAMPLE_RATE) * CLIP_FPS + Fraction(1, 2))
@@ -395,6 +397,18 @@ def test_video_files_outside_comfys_folders_are_refused(pack_server: ComfyServer
         assert "outside ComfyUI's input, output and temp folders" in error["exception_message"]
 
 
+def test_a_run_without_any_face_says_so_on_the_node(pack_server: ComfyServer) -> None:
+    with VideoWriter(pack_server.input_dir / "no_face.mp4", CLIP_FPS, 64, 64) as writer:
+        for _ in range(CLIP_FRAMES):
+            writer.write_frame(np.full((64, 64, 3), 128, np.uint8))
+    prompt = api_workflow("latentsync_long_video")
+    prompt[node_of(prompt, "LoadVideo")]["inputs"]["file"] = "no_face.mp4"
+    entry = run(pack_server, prompt)
+    assert entry["status"]["status_str"] == "success", describe_error(entry)
+    (notice,) = entry["outputs"][node_of(prompt, "LatentSyncVideoSampler")]["text"]
+    assert notice.startswith("No face was found in any frame, so the video is unchanged.")
+
+
 def test_wrong_checkpoint_is_a_node_error(pack_server: ComfyServer) -> None:
     folder = pack_server.models_dir / "latentsync"
     shutil.copy(folder / "whisper" / "tiny.pt", folder / "not_a_unet.pt")  # a Whisper file named like a UNet
@@ -437,7 +451,7 @@ def test_mismatched_frame_counts_are_a_node_error(pack_server: ComfyServer) -> N
 def test_api_twins_are_accepted_and_a_cancel_stops_the_run_and_removes_its_files(pack_server: ComfyServer) -> None:
     # 1. A run to cancel (20 steps, as shipped), in its video sampler
     prompt = api_workflow("latentsync_long_video")
-    prompt[node_of(prompt, "LatentSyncVideoSampler")]["inputs"]["num_inference_steps"] = 20
+    prompt[node_of(prompt, "LatentSyncVideoSampler")]["inputs"]["steps"] = 20
     status, answer = post_prompt(pack_server, prompt)
     assert status == 200, answer
     deadline = time.monotonic() + RUN_TIMEOUT_S

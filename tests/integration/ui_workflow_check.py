@@ -9,7 +9,12 @@ frontend's own path: `app.handleFile` -> `app.loadGraphData`. The report lists
   frontend assigns saved values to widgets by position, so any difference shifts or drops settings silently;
 - `invalid_combo_values`: dropdown values not among the options the server offers (a shifted value, or a model
   file this server does not have);
+- `unloaded_nodes`: nodes of the file that are not in the graph the frontend shows (an empty report is never
+  taken for a clean load: the drop is waited for by a token in the file's `extra`, see `_DROP_AND_DESCRIBE_JS`);
 - the dialogs the drop opened, and the page's console errors meanwhile.
+
+`FrontendSession.screenshot` saves the canvas as the user sees it right after the drop (the view the file
+stores in ``extra.ds``).
 
 Usage (from the repository root):
 
@@ -23,9 +28,11 @@ workflow has missing node types or widget mismatches. Needs Debian's `chromium` 
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -51,6 +58,7 @@ CHROMIUM_FLAGS = (
     "--remote-debugging-port=0",
 )
 FRONTEND_TIMEOUT_S = 120.0
+VIEWPORT = (1600, 900)  # CSS pixels of the page: a browser window on a 1080p screen
 
 # True once the app has registered the server's node types (the drop handler is added right after).
 _APP_READY_JS = """(() => {
@@ -58,18 +66,22 @@ _APP_READY_JS = """(() => {
     return !!(app && app.graph && window.LiteGraph && "PreviewImage" in window.LiteGraph.registered_node_types);
 })()"""
 
-# Drops `fileText` as `fileName` on the page, waits for the graph to be configured, and describes it.
-_DROP_AND_DESCRIBE_JS = """async (fileText, fileName, timeoutMs) => {
+# Drops `fileText` as `fileName` on the page, waits until the frontend has configured its graph from that file (the
+# graph's `extra` carries the drop's `token`: a graph the frontend loads by itself, such as its start-up workflow,
+# never counts), and describes it.
+_DROP_AND_DESCRIBE_JS = """async (fileText, fileName, token, timeoutMs) => {
     const app = window.comfyAPI.app.app;
     if (!window.__uiCheckHooked) {
         app.registerExtension({
             name: "tests.UiWorkflowCheck",
             afterConfigureGraph(missingNodeTypes) {
+                if (app.graph.extra?.ui_check_token !== window.__uiCheckToken) return;
                 window.__uiCheckMissing = missingNodeTypes.map((m) => (typeof m === "string" ? m : m.type));
             },
         });
         window.__uiCheckHooked = true;
     }
+    window.__uiCheckToken = token;
     window.__uiCheckMissing = undefined;
     const started = Date.now();
     // Close what earlier drops (or the first-run template browser) left open, so `dialogs` is this drop's only.
@@ -117,13 +129,14 @@ class WorkflowReport:
     missing_node_types: list[str]
     widget_mismatches: list[dict]
     invalid_combo_values: list[dict]
+    unloaded_nodes: list[str]
     dialogs: list[str]
     console_errors: list[str]
     nodes: list[dict] = field(repr=False)
 
     @property
     def ok(self) -> bool:
-        return not self.missing_node_types and not self.widget_mismatches
+        return not self.missing_node_types and not self.widget_mismatches and not self.unloaded_nodes
 
 
 class DevToolsPage:
@@ -209,6 +222,10 @@ class FrontendSession:
         self.timeout_s = timeout_s
         self.page = DevToolsPage(chromium or find_chromium())
         try:
+            width, height = VIEWPORT
+            self.page.call(
+                "Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False
+            )
             self.page.call("Page.navigate", url=url)
             deadline = time.monotonic() + timeout_s
             while not self.page.evaluate(_APP_READY_JS):
@@ -227,7 +244,12 @@ class FrontendSession:
 
     def check(self, workflow: dict, name: str = "workflow.json") -> WorkflowReport:
         errors_before = len(self.page.console_errors)
-        seen = self.page.evaluate(_DROP_AND_DESCRIBE_JS, json.dumps(workflow), name, self.timeout_s * 1000)
+        token = secrets.token_hex(8)
+        dropped = {**workflow, "extra": {**workflow.get("extra", {}), "ui_check_token": token}}
+        seen = self.page.evaluate(_DROP_AND_DESCRIBE_JS, json.dumps(dropped), name, token, self.timeout_s * 1000)
+        shown = {(node["id"], node["type"]) for node in seen["nodes"]}
+        saved = [(node["id"], node["type"]) for node in workflow.get("nodes", [])]
+        unloaded = [f"{node_id} {node_type}" for node_id, node_type in saved if (node_id, node_type) not in shown]
         saved_by_id = {node["id"]: node.get("widgets_values") for node in workflow.get("nodes", [])}
         mismatches, invalid_combos = [], []
         for node in seen["nodes"]:
@@ -258,10 +280,18 @@ class FrontendSession:
             missing_node_types=seen["missing"],
             widget_mismatches=mismatches,
             invalid_combo_values=invalid_combos,
+            unloaded_nodes=unloaded,
             dialogs=seen["dialogs"],
             console_errors=self.page.console_errors[errors_before:],
             nodes=seen["nodes"],
         )
+
+
+    def screenshot(self, path: Path) -> Path:
+        """Save the page as a PNG, as it shows now (after `check`: the dropped workflow as it opens)."""
+        self.page.evaluate("new Promise((resolve) => requestAnimationFrame(() => requestAnimationFrame(resolve)))")
+        path.write_bytes(base64.b64decode(self.page.call("Page.captureScreenshot", format="png")["data"]))
+        return path
 
 
 def find_chromium() -> str:
@@ -276,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("workflows", nargs="+", type=Path, help="UI-format workflow .json files")
     parser.add_argument("--url", help="a running ComfyUI server (default: start one from $COMFYUI_PATH)")
+    parser.add_argument("--screenshots", type=Path, help="folder for a PNG of each workflow as it opens")
     args = parser.parse_args(argv)
 
     server = None
@@ -293,7 +324,12 @@ def main(argv: list[str] | None = None) -> int:
         url = server.url
     try:
         with FrontendSession(url) as frontend:
-            reports = [frontend.check(json.loads(path.read_text()), path.name) for path in args.workflows]
+            reports = []
+            for path in args.workflows:
+                reports.append(frontend.check(json.loads(path.read_text()), path.name))
+                if args.screenshots is not None:
+                    args.screenshots.mkdir(parents=True, exist_ok=True)
+                    frontend.screenshot(args.screenshots / f"{path.stem}.png")
     finally:
         if server is not None:
             server.stop()

@@ -32,7 +32,7 @@ UNET_FILE = "latentsync_unet.pt"
 WHISPER_FILE = "whisper/tiny.pt"
 VAE_FILE = "vae-ft-mse-840000-ema-pruned.safetensors"
 
-GENERATION = {"num_inference_steps": 20, "guidance_scale": 1.5, "seed": 1247, "num_frames": 16}
+GENERATION = {"steps": 20, "guidance": 1.5, "seed": 1247, "window_frames": 16}
 POLICIES = {"long_audio": "pingpong", "short_audio": "trim", "no_face": "passthrough"}
 
 
@@ -40,8 +40,9 @@ POLICIES = {"long_audio": "pingpong", "short_audio": "trim", "no_face": "passthr
 class Node:
     id: int
     type: str
-    pos: tuple[int, int]
+    pos: tuple[int, int]  # of the body's top-left corner; the title bar sits above it
     widgets: dict = field(default_factory=dict)
+    width: int | None = None  # wider than the frontend's own size, so long file names show
 
 
 @dataclass
@@ -50,39 +51,45 @@ class Workflow:
     links: list[tuple[int, int, int, str]]  # (from node, output index, to node, input name)
 
 
-def _loaders(first_id: int, x: int) -> list[Node]:
+# Layout: the graph reads left to right in columns COLUMN apart; the loaders stack at the top of the first column,
+# in the order the samplers take their models, with the media loaders below them, so every wire leaves a column
+# to the right and none crosses the loaders. `build` stores a view that shows the whole graph.
+COLUMN = 400
+
+
+def _loaders(first_id: int) -> list[Node]:
     return [
-        Node(first_id, "LatentSyncModelLoader", (x, 0), {"unet_name": UNET_FILE}),
-        Node(first_id + 1, "LatentSyncAudioEncoderLoader", (x, 200), {"whisper_name": WHISPER_FILE}),
-        Node(first_id + 2, "LatentSyncFaceDetectorLoader", (x, 340), {"face_detector": "mediapipe"}),
-        Node(first_id + 3, "VAELoader", (x, 480), {"vae_name": VAE_FILE}),
+        Node(first_id, "LatentSyncModelLoader", (0, 0), {"unet_name": UNET_FILE}),
+        Node(first_id + 1, "VAELoader", (0, 210), {"vae_name": VAE_FILE}, width=340),
+        Node(first_id + 2, "LatentSyncAudioEncoderLoader", (0, 330), {"whisper_name": WHISPER_FILE}),
+        Node(first_id + 3, "LatentSyncFaceDetectorLoader", (0, 470), {"face_detector": "mediapipe"}),
     ]
 
 
 # LoadVideo + LoadAudio -> frames, faces, speech features -> LatentSync Sampler (IMAGE) -> Create Video -> Save Video
 BASIC = Workflow(
     nodes=[
-        Node(1, "LoadVideo", (0, 0), {"file": VIDEO_FILE}),
-        Node(2, "GetVideoComponents", (0, 420)),
-        Node(3, "LoadAudio", (0, 560), {"audio": AUDIO_FILE}),
-        *_loaders(4, 360),
-        Node(8, "LatentSyncAudioEncode", (760, 0), {"fps": 25.0, "num_frames": 0}),
-        Node(9, "LatentSyncFacePrepare", (760, 220), {"fps": 25.0, "face_index": -1}),
-        Node(10, "LatentSyncSampler", (1160, 0), {"fps": 25.0, **GENERATION, **POLICIES}),
-        Node(11, "CreateVideo", (1560, 0), {"fps": 25.0}),
-        Node(12, "SaveVideo", (1900, 0), {"filename_prefix": "latentsync/basic"}),
+        *_loaders(4),
+        Node(1, "LoadVideo", (0, 640), {"file": VIDEO_FILE}),
+        Node(3, "LoadAudio", (0, 840), {"audio": AUDIO_FILE}),
+        Node(2, "GetVideoComponents", (COLUMN, 640)),
+        Node(8, "LatentSyncAudioEncode", (2 * COLUMN, 240), {"fps": 25.0, "video_frames": 0}),
+        Node(9, "LatentSyncFacePrepare", (2 * COLUMN, 420), {"fps": 25.0, "face_index": -1}),
+        Node(10, "LatentSyncSampler", (3 * COLUMN, 0), {"fps": 25.0, **GENERATION, **POLICIES}),
+        Node(11, "CreateVideo", (4 * COLUMN, 0), {"fps": 25.0}),
+        Node(12, "SaveVideo", (5 * COLUMN, 0), {"filename_prefix": "latentsync/basic"}),
     ],
     links=[
         (1, 0, 2, "video"),
-        (5, 0, 8, "audio_encoder"),
+        (6, 0, 8, "audio_encoder"),
         (3, 0, 8, "audio"),
         (2, 2, 8, "fps"),
-        (6, 0, 9, "face_detector"),
+        (7, 0, 9, "face_detector"),
         (2, 0, 9, "images"),
         (4, 0, 9, "model"),
         (2, 2, 9, "fps"),
         (4, 0, 10, "model"),
-        (7, 0, 10, "vae"),
+        (5, 0, 10, "vae"),
         (8, 0, 10, "audio_embeds"),
         (2, 0, 10, "images"),
         (9, 0, 10, "faces"),
@@ -97,17 +104,17 @@ BASIC = Workflow(
 # Long clips: LoadVideo (VIDEO) streams through LatentSync Video Sampler into Save Video; no IMAGE batch.
 LONG_VIDEO = Workflow(
     nodes=[
-        Node(1, "LoadVideo", (0, 0), {"file": VIDEO_FILE}),
-        Node(2, "LoadAudio", (0, 420), {"audio": AUDIO_FILE}),
-        *_loaders(3, 360),
-        Node(7, "LatentSyncVideoSampler", (760, 0), {**GENERATION, "face_index": -1, **POLICIES}),
-        Node(8, "SaveVideo", (1160, 0), {"filename_prefix": "latentsync/long_video"}),
+        *_loaders(3),
+        Node(1, "LoadVideo", (0, 640), {"file": VIDEO_FILE}),
+        Node(2, "LoadAudio", (0, 840), {"audio": AUDIO_FILE}),
+        Node(7, "LatentSyncVideoSampler", (COLUMN + 120, 0), {**GENERATION, "face_index": -1, **POLICIES}),
+        Node(8, "SaveVideo", (2 * COLUMN + 120, 0), {"filename_prefix": "latentsync/long_video"}),
     ],
     links=[
         (3, 0, 7, "model"),
-        (6, 0, 7, "vae"),
-        (4, 0, 7, "audio_encoder"),
-        (5, 0, 7, "face_detector"),
+        (4, 0, 7, "vae"),
+        (5, 0, 7, "audio_encoder"),
+        (6, 0, 7, "face_detector"),
         (1, 0, 7, "video"),
         (2, 0, 7, "audio"),
         (7, 0, 8, "video"),
@@ -118,11 +125,11 @@ LONG_VIDEO = Workflow(
 ALL_IN_ONE = Workflow(
     nodes=[
         Node(1, "LoadVideo", (0, 0), {"file": VIDEO_FILE}),
-        Node(2, "LoadAudio", (0, 420), {"audio": AUDIO_FILE}),
+        Node(2, "LoadAudio", (0, 200), {"audio": AUDIO_FILE}),
         Node(
             3,
             "LatentSyncLipSync",
-            (360, 0),
+            (COLUMN, 0),
             {
                 "unet_name": UNET_FILE,
                 "whisper_name": WHISPER_FILE,
@@ -132,8 +139,9 @@ ALL_IN_ONE = Workflow(
                 "face_index": -1,
                 **POLICIES,
             },
+            width=460,
         ),
-        Node(4, "SaveVideo", (760, 0), {"filename_prefix": "latentsync/all_in_one"}),
+        Node(4, "SaveVideo", (COLUMN + 520, 0), {"filename_prefix": "latentsync/all_in_one"}),
     ],
     links=[(1, 0, 3, "video"), (2, 0, 3, "audio"), (3, 0, 4, "video")],
 )
@@ -160,6 +168,7 @@ _BUILD_JS = """async (spec) => {
                 if (control) control.value = "fixed";
             }
         }
+        if (item.width) node.setSize([item.width, node.size[1]]);
         nodes[item.id] = node;
     }
     for (const [from, output, to, input] of spec.links) {
@@ -168,6 +177,23 @@ _BUILD_JS = """async (spec) => {
         if (slot < 0) throw new Error(`${target.type} has no input ${input}`);
         if (!nodes[from].connect(output, target, slot)) throw new Error(`cannot link ${from}:${output} to ${to}.${input}`);
     }
+    // The view the file opens with: the whole graph, below the frontend's top bars and right of its side bar.
+    const margin = { left: 80, top: 110, right: 40, bottom: 40 };
+    const bounds = [Infinity, Infinity, -Infinity, -Infinity];
+    for (const node of app.graph.nodes) {
+        bounds[0] = Math.min(bounds[0], node.pos[0]);
+        bounds[1] = Math.min(bounds[1], node.pos[1] - window.LiteGraph.NODE_TITLE_HEIGHT);
+        bounds[2] = Math.max(bounds[2], node.pos[0] + node.size[0]);
+        bounds[3] = Math.max(bounds[3], node.pos[1] + node.size[1]);
+    }
+    const canvas = app.canvas.canvas;
+    const scale = Math.min(
+        1,
+        (canvas.clientWidth - margin.left - margin.right) / (bounds[2] - bounds[0]),
+        (canvas.clientHeight - margin.top - margin.bottom) / (bounds[3] - bounds[1]),
+    );
+    app.canvas.ds.scale = scale;
+    app.canvas.ds.offset = [margin.left / scale - bounds[0], margin.top / scale - bounds[1]];
     app.graph.setDirtyCanvas(true, true);
     const workflow = app.graph.serialize();
     const prompt = await app.graphToPrompt();
@@ -178,7 +204,10 @@ _BUILD_JS = """async (spec) => {
 def build(frontend: FrontendSession, workflow: Workflow) -> tuple[dict, dict]:
     """(UI workflow, API prompt) of ``workflow`` as the frontend serialises them."""
     spec = {
-        "nodes": [{"id": n.id, "type": n.type, "pos": list(n.pos), "widgets": n.widgets} for n in workflow.nodes],
+        "nodes": [
+            {"id": n.id, "type": n.type, "pos": list(n.pos), "widgets": n.widgets, "width": n.width}
+            for n in workflow.nodes
+        ],
         "links": [list(link) for link in workflow.links],
     }
     result = frontend.page.evaluate(_BUILD_JS, spec)
