@@ -23,9 +23,8 @@ from ..latentsync.audio.whisper import load_whisper
 from ..latentsync.errors import CheckpointError
 from ..latentsync.face.detectors import FaceDetector, create_face_detector
 from ..latentsync.face.detectors.insightface import DETECTION_MODEL_FILE, LANDMARK_MODEL_FILE
-from ..latentsync.models.lora import read_lora
+from ..latentsync.models.lora import PEFT_WEIGHTS, read_lora
 from ..latentsync.models.syncnet import load_syncnet
-from ..latentsync.models.unet_loading import load_unet
 from ..latentsync.models.vae import load_vae
 from ..latentsync.pipeline.models import infer_resolution
 from ..latentsync.pipeline.settings import AUTO, DTYPES, SETTING_SPECS
@@ -80,6 +79,8 @@ def managed(module: torch.nn.Module, device: str) -> ModelPatcher:
 
 def load_model(unet_name: str, resolution: str = AUTO, dtype: str = AUTO, device: str = AUTO) -> LatentSyncModel:
     """The UNet ``unet_name`` of ``models/latentsync`` as a `LatentSyncModel`."""
+    from ..latentsync.models.unet_loading import load_unet  # diffusers: imported when a UNet loads
+
     path = full_path(MODEL_FOLDER, unet_name)
     load_device, offload_device = model_devices(device)
     torch_dtype = model_dtype(dtype, load_device)
@@ -359,6 +360,7 @@ class LatentSyncLoRA(io.ComfyNode):
     def execute(cls, model: LatentSyncModel, lora_name, strength) -> io.NodeOutput:
         path = full_path(LORA_FOLDER, lora_name)
         lora = read_lora(path)
+        label = path.parent.name if path.name == PEFT_WEIGHTS else path.name  # a peft folder goes by its name
         shapes = {name: tuple(tensor.shape) for name, tensor in model.unet.state_dict().items()}
         misfits = [
             name
@@ -367,7 +369,7 @@ class LatentSyncLoRA(io.ComfyNode):
         ]
         if misfits:
             raise CheckpointError(
-                f"{path.name} does not fit this UNet: {len(misfits)} of its {len(lora.layers)} layers are missing or "
+                f"{label} does not fit this UNet: {len(misfits)} of its {len(lora.layers)} layers are missing or "
                 f"of another shape (first: {misfits[0]}). It was trained on "
                 f"{lora.metadata.get('base_checkpoint', 'another UNet')}."
             )
@@ -377,5 +379,5 @@ class LatentSyncLoRA(io.ComfyNode):
         }
         patcher = model.patcher.clone()
         patcher.add_patches(patches, strength)
-        applied = dataclasses.replace(model, patcher=patcher, loras=(*model.loras, f"{path.name}@{strength:g}"))
+        applied = dataclasses.replace(model, patcher=patcher, loras=(*model.loras, f"{label}@{strength:g}"))
         return io.NodeOutput(applied)

@@ -32,7 +32,6 @@ from ..latentsync.face.detectors import FaceDetector, FaceFilter
 from ..latentsync.media.audio import probe_audio
 from ..latentsync.media.timeline import Timeline, plan_timeline
 from ..latentsync.media.video import probe_video
-from ..latentsync.pipeline.lipsync import LipSyncPipeline
 from ..latentsync.pipeline.report import LipSyncReport
 from ..latentsync.pipeline.settings import AUTO, LipSyncSettings
 from ..latentsync.pipeline.speed import EXACT, SPEED_SPECS, SpeedSettings
@@ -169,6 +168,8 @@ def lipsync_video(
         model_management.load_models_gpu([model.patcher, audio_encoder, *([syncnet] if syncnet else [])])
         codec = vae_codec(vae, keep_loaded=[model.patcher], on_decoded=progress.show)
         face_detector = face_detector.with_filter(FaceFilter.for_min_height(settings.min_face_size))
+        from ..latentsync.pipeline.lipsync import LipSyncPipeline  # diffusers' scheduler: imported when a node runs
+
         pipeline = LipSyncPipeline(
             model.unet, whisper, codec, face_detector, settings, speed, syncnet.model.module if syncnet else None
         )
@@ -259,6 +260,8 @@ class LatentSyncSampler(io.ComfyNode):
         # 2. Stream the frames of the timeline through the pipeline into the output batch
         progress = sampling_progress(timeline, settings)
         codec = vae_codec(vae, keep_loaded=[model.patcher], on_decoded=progress.show)
+        from ..latentsync.pipeline.lipsync import LipSyncPipeline  # diffusers' scheduler: imported when a node runs
+
         # whisper is not needed: the features come from LatentSync Audio Encode
         pipeline = LipSyncPipeline(model.unet, None, codec, faces.detector, settings, speed)
         started = time.perf_counter()

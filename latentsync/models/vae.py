@@ -11,14 +11,16 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Optional, Protocol
+from typing import TYPE_CHECKING, Optional, Protocol
 
 import torch
-from diffusers import AutoencoderKL
 
 from ..checkpoint import load_state_dict_strict, read_checkpoint
 from ..conventions import VAE_SCALING_FACTOR
 from ..errors import CheckpointError
+
+if TYPE_CHECKING:  # diffusers is imported when a VAE is built (`load_vae`), not with this module
+    from diffusers import AutoencoderKL
 
 # `config.json` of stabilityai/sd-vae-ft-mse (diffusers format).
 SD_VAE_FT_MSE_CONFIG = {
@@ -149,6 +151,8 @@ def load_vae(
     state_dict = read_checkpoint(weights_file).state_dict
     if _is_ldm_layout(state_dict):
         state_dict = _to_diffusers_layout(state_dict, config)
+    from diffusers import AutoencoderKL
+
     with torch.device("meta"):
         vae = AutoencoderKL(**config)
     load_state_dict_strict(

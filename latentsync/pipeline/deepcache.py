@@ -31,11 +31,15 @@ but it was not measured here. The exact path stays the default.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..models.unet import UNet3DConditionModel
+
+if TYPE_CHECKING:  # annotations only: the UNet module imports diffusers
+    from ..models.unet import UNet3DConditionModel
 
 # The DeepCache setting of the official `inference.sh` (`--enable_deepcache`).
 OFFICIAL_CACHE_INTERVAL = 3

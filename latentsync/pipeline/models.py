@@ -24,14 +24,16 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..audio.whisper import WhisperFeatureExtractor, load_whisper
 from ..errors import CheckpointError
-from ..models.unet import UNet3DConditionModel
-from ..models.unet_loading import load_unet
 from ..models.vae import DiffusersVAE, load_vae
+
+if TYPE_CHECKING:  # annotations only: the UNet module imports diffusers (`load_models` imports it)
+    from ..models.unet import UNet3DConditionModel
 
 logger = logging.getLogger(__name__)
 
@@ -252,6 +254,8 @@ def load_models(
         resolution, reason = infer_resolution(files.unet)
     else:
         reason = "given explicitly"
+    from ..models.unet_loading import load_unet
+
     unet_model = load_unet(files.unet, device=device, dtype=dtype)
     whisper_model = load_whisper(files.whisper, device=device)
     _check_compatible(unet_model, whisper_model, files)

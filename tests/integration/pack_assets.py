@@ -3,7 +3,7 @@
     models/latentsync/latentsync_unet.pt, whisper/tiny.pt, stable_syncnet.pt   `latentsync.tiny.make_tiny_models`
     models/vae/sd-vae-ft-mse/                  its tiny VAE (diffusers folder, for LatentSync VAE Loader)
     models/vae_approx/taesd_{encoder,decoder}.safetensors                        random TAESD ("taesd" in Load VAE)
-    models/loras/latentsync_test_lora.safetensors                                a LoRA of the tiny UNet
+    models/loras/latentsync_test_lora/                                           a LoRA of the tiny UNet (peft)
     input/talking_head.mp4   0.64 s of demo1, cropped around the face (544x544, H.264 + AAC stereo 44.1 kHz)
     input/silent.mp4         the same frames without an audio track
     input/speech.wav         0.64 s of demo1's speech (16 kHz mono PCM)
@@ -31,7 +31,7 @@ from latentsync.models.unet_loading import load_unet
 from latentsync.tiny import make_tiny_models
 
 VIDEO_FILE, SILENT_VIDEO_FILE, AUDIO_FILE = "talking_head.mp4", "silent.mp4", "speech.wav"
-LORA_FILE = "latentsync_test_lora.safetensors"
+LORA_FILE = "latentsync_test_lora/adapter_model.safetensors"  # a LoRA folder in peft's layout, as `save_lora` writes
 TINY_VAE_FOLDER = "sd-vae-ft-mse"
 CLIP_SECONDS = Fraction(16, 25)  # 16 frames: one window, and the 16 frames a sync score needs at least
 CLIP_FPS = 25
@@ -66,7 +66,7 @@ def place_models(models_dir: Path, comfyui_path: Path, comfyui_python: str) -> N
         shutil.copy(paths["whisper"], latentsync / "whisper" / "tiny.pt")
         shutil.copy(paths["syncnet"], latentsync / "stable_syncnet.pt")
         shutil.copytree(paths["vae"], models_dir / "vae" / TINY_VAE_FOLDER)
-        write_lora(paths["unet"], models_dir / "loras" / LORA_FILE)
+        write_lora(paths["unet"], models_dir / "loras" / Path(LORA_FILE).parent)
     vae_approx = models_dir / "vae_approx"
     vae_approx.mkdir(parents=True, exist_ok=True)
     subprocess.run([comfyui_python, "-c", _TAESD_SCRIPT, str(comfyui_path), str(vae_approx)], check=True)

@@ -70,15 +70,15 @@ layers = {}
 for name in names:
     layer = model.unet.get_submodule(name)
     layers[name] = (torch.randn(4, layer.in_features, generator=generator), torch.randn(layer.out_features, 4, generator=generator))
-library_lora.save_lora(library_lora.LoRA(layers, 4, 2.0), folder / "test_lora.safetensors")
+library_lora.save_lora(library_lora.LoRA(layers, 4, 2.0), folder / "test_lora")
 original = {name: model.unet.get_submodule(name).weight.detach().clone() for name in names}
-patched = loaders.LatentSyncLoRA.execute(model=model, lora_name="test_lora.safetensors", strength=0.5).args[0]
+patched = loaders.LatentSyncLoRA.execute(model=model, lora_name="test_lora/adapter_model.safetensors", strength=0.5).args[0]
 model_management.load_models_gpu([patched.patcher])
 with_lora = {name: patched.unet.get_submodule(name).weight.detach().clone() for name in names}
 model_management.load_models_gpu([model.patcher])
 restored = {name: model.unet.get_submodule(name).weight.detach().clone() for name in names}
 copy = importlib.import_module("pack.latentsync.models.unet_loading").load_unet(unet_path)
-library_lora.apply_lora(copy, library_lora.read_lora(folder / "test_lora.safetensors"), strength=0.5)
+library_lora.apply_lora(copy, library_lora.read_lora(folder / "test_lora"), strength=0.5)
 results["lora"] = {
     "layers": len(names),
     "patched_vs_library": max((with_lora[n] - copy.get_submodule(n).weight).abs().max().item() for n in names),
@@ -134,7 +134,7 @@ def test_comfy_vae_codec_matches_the_librarys_vae(results: dict) -> None:
 
 def test_lora_patches_match_the_library_and_undo_exactly(results: dict) -> None:
     lora = results["lora"]
-    assert lora["layers"] > 0 and lora["loras"] == ["test_lora.safetensors@0.5"]
+    assert lora["layers"] > 0 and lora["loras"] == ["test_lora@0.5"]
     assert lora["change"] > 1e-3  # every adapted layer changed
     assert lora["patched_vs_library"] < 1e-5
     assert lora["restored_exactly"]
@@ -142,3 +142,35 @@ def test_lora_patches_match_the_library_and_undo_exactly(results: dict) -> None:
 
 def test_freed_models_are_released(results: dict) -> None:
     assert results["memory"] == {"unet": True, "whisper": True}
+
+
+_IMPORT_SCRIPT = """
+import asyncio, importlib.util, json, sys
+comfyui, repo = sys.argv[1:3]
+sys.path.insert(0, comfyui)
+from comfy.cli_args import args
+args.cpu = True
+import folder_paths, nodes  # ComfyUI's own imports, as the server has them before it loads packs
+spec = importlib.util.spec_from_file_location("pack", f"{repo}/__init__.py", submodule_search_locations=[repo])
+sys.modules["pack"] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(sys.modules["pack"])
+async def node_list():
+    return await (await sys.modules["pack"].comfy_entrypoint()).get_node_list()
+schemas = [node.GET_SCHEMA() for node in asyncio.run(node_list())]
+heavy = ["diffusers", "pack.latentsync.models.unet", "pack.latentsync.pipeline.lipsync"]
+print(json.dumps({"nodes": len(schemas), "imported": [name for name in heavy if name in sys.modules]}))
+"""
+
+
+def test_loading_the_pack_leaves_the_heavy_modules_for_the_nodes_that_run() -> None:
+    # ComfyUI imports every pack at start-up; diffusers and the pipeline are imported when a node needs them.
+    comfyui_path = os.environ.get("COMFYUI_PATH")
+    if not comfyui_path:
+        pytest.skip("COMFYUI_PATH is not set: point it at a ComfyUI checkout (and COMFYUI_PYTHON at its interpreter)")
+    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+    process = subprocess.run(
+        [python, "-c", _IMPORT_SCRIPT, comfyui_path, str(REPO_ROOT)], capture_output=True, text=True, timeout=300
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    loaded = json.loads(process.stdout.strip().splitlines()[-1])
+    assert loaded["nodes"] > 10 and loaded["imported"] == []
