@@ -20,19 +20,24 @@ import pytest
 
 from .comfy_server import REPO_ROOT
 
-_SCRIPT = """
-import importlib, importlib.util, json, sys, tempfile
-from pathlib import Path
-import torch
+# ComfyUI on the path (CPU only) with its core modules imported, as the server has them before it loads packs,
+# then this pack loaded as the package "pack"; every script below starts so.
+_LOAD_PACK = """
+import asyncio, importlib, importlib.util, json, sys, tempfile
 comfyui, repo = sys.argv[1:3]
 sys.path.insert(0, comfyui)
 from comfy.cli_args import args
 args.cpu = True
-import comfy.sd, folder_paths
+import comfy.sd, folder_paths, nodes
 from comfy import model_management
 spec = importlib.util.spec_from_file_location("pack", f"{repo}/__init__.py", submodule_search_locations=[repo])
 sys.modules["pack"] = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(sys.modules["pack"])
+"""
+
+_SCRIPT = _LOAD_PACK + """
+from pathlib import Path
+import torch
 codecs = importlib.import_module("pack.nodes.vae_codecs")
 loaders = importlib.import_module("pack.nodes.loaders")
 library_vae = importlib.import_module("pack.latentsync.models.vae")
@@ -49,7 +54,7 @@ ours = codecs.ComfyVAECodec(comfy.sd.VAE(sd=diffusers_vae.state_dict()))
 pixels = torch.rand(9, 3, 32, 32) * 2 - 1  # 9 images: two slices (8 + 1), as DiffusersVAE draws its noise
 generators = [torch.Generator().manual_seed(7) for _ in range(2)]
 expected, got = reference.encode(pixels, generators[0]), ours.encode(pixels, generators[1])
-mean = ours.vae.encode((pixels.movedim(1, -1) + 1) / 2) * codecs.SCALING_FACTOR
+mean = ours.vae.encode((pixels.movedim(1, -1) + 1) / 2) * codecs.VAE_SCALING_FACTOR
 results["vae"] = {
     "shape": list(got.shape),
     "encode": (expected - got).abs().max().item(),
@@ -103,15 +108,15 @@ print(json.dumps(results))
 """
 
 
-@pytest.fixture(scope="module")
-def results() -> dict:
+def run_in_comfyui(script: str) -> dict:
+    """The JSON ``script`` (which starts with `_LOAD_PACK`) prints last, run in ComfyUI's interpreter."""
     comfyui_path = os.environ.get("COMFYUI_PATH")
     if not comfyui_path:
         pytest.skip("COMFYUI_PATH is not set: point it at a ComfyUI checkout (and COMFYUI_PYTHON at its interpreter)")
     python = os.environ.get("COMFYUI_PYTHON", sys.executable)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # faster than two threads on a busy 2-core runner
     process = subprocess.run(
-        [python, "-c", _SCRIPT, comfyui_path, str(REPO_ROOT)],
+        [python, "-c", script, comfyui_path, str(REPO_ROOT)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -120,6 +125,11 @@ def results() -> dict:
     )
     assert process.returncode == 0, process.stderr[-3000:]
     return json.loads(process.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def results() -> dict:
+    return run_in_comfyui(_SCRIPT)
 
 
 def test_comfy_vae_codec_matches_the_librarys_vae(results: dict) -> None:
@@ -144,16 +154,7 @@ def test_freed_models_are_released(results: dict) -> None:
     assert results["memory"] == {"unet": True, "whisper": True}
 
 
-_IMPORT_SCRIPT = """
-import asyncio, importlib.util, json, sys
-comfyui, repo = sys.argv[1:3]
-sys.path.insert(0, comfyui)
-from comfy.cli_args import args
-args.cpu = True
-import folder_paths, nodes  # ComfyUI's own imports, as the server has them before it loads packs
-spec = importlib.util.spec_from_file_location("pack", f"{repo}/__init__.py", submodule_search_locations=[repo])
-sys.modules["pack"] = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(sys.modules["pack"])
+_IMPORT_SCRIPT = _LOAD_PACK + """
 async def node_list():
     return await (await sys.modules["pack"].comfy_entrypoint()).get_node_list()
 schemas = [node.GET_SCHEMA() for node in asyncio.run(node_list())]
@@ -164,13 +165,5 @@ print(json.dumps({"nodes": len(schemas), "imported": [name for name in heavy if 
 
 def test_loading_the_pack_leaves_the_heavy_modules_for_the_nodes_that_run() -> None:
     # ComfyUI imports every pack at start-up; diffusers and the pipeline are imported when a node needs them.
-    comfyui_path = os.environ.get("COMFYUI_PATH")
-    if not comfyui_path:
-        pytest.skip("COMFYUI_PATH is not set: point it at a ComfyUI checkout (and COMFYUI_PYTHON at its interpreter)")
-    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
-    process = subprocess.run(
-        [python, "-c", _IMPORT_SCRIPT, comfyui_path, str(REPO_ROOT)], capture_output=True, text=True, timeout=300
-    )
-    assert process.returncode == 0, process.stderr[-3000:]
-    loaded = json.loads(process.stdout.strip().splitlines()[-1])
+    loaded = run_in_comfyui(_IMPORT_SCRIPT)
     assert loaded["nodes"] > 10 and loaded["imported"] == []
