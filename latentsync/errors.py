@@ -1,8 +1,14 @@
 """Typed errors raised by the library.
 
 Every error carries a message that says what was wrong and what to do about it, so the CLI and the
-ComfyUI nodes can show it to the user as it is, without a traceback.
+ComfyUI nodes can show it to the user as it is, without a traceback (`exit_with_status` does that for the
+commands).
 """
+
+from __future__ import annotations
+
+import argparse
+import sys
 
 
 class LatentSyncError(Exception):
@@ -27,3 +33,19 @@ class NoFaceError(LatentSyncError):
 
 class Cancelled(LatentSyncError):
     """A run was stopped by its ``cancel`` callback; nothing was written."""
+
+
+def exit_with_status(args: argparse.Namespace) -> None:
+    """Run ``args.run(args)`` and exit: its code (0 if None), 1 on a `LatentSyncError` (one line, or the traceback
+    with ``args.debug``), 130 on Ctrl-C. Shared by ``python -m latentsync`` and ``python -m train``."""
+    try:
+        code = args.run(args)
+    except KeyboardInterrupt:
+        print("Interrupted.", file=sys.stderr)
+        raise SystemExit(130) from None
+    except LatentSyncError as error:
+        if args.debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+    raise SystemExit(code or 0)

@@ -72,7 +72,7 @@ DEFAULT_MAX_OFFSET = 15
 DEFAULT_BATCH_SIZE = 16
 
 # progress(frames_done, frames_total)
-ProgressCallback = Callable[[int, int], None]
+ScoreProgressCallback = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -510,7 +510,7 @@ def score_frames(
     data: Mapping | None = None,
     face_index: int | Literal["largest"] = "largest",
     detect_size: int | None = None,
-    progress: ProgressCallback | None = None,
+    progress: ScoreProgressCallback | None = None,
 ) -> SyncScore:
     """Score the lip sync of a talking-face clip given as frames and samples, streaming.
 
@@ -576,7 +576,7 @@ def score_video(
     detector: FaceDetector | str | None = None,
     audio_path: str | os.PathLike | None = None,
     *,
-    progress: ProgressCallback | None = None,
+    progress: ScoreProgressCallback | None = None,
     **options,
 ) -> SyncScore:
     """Score the lip sync of a talking-face video file (any frame rate, variable too), streaming.

@@ -3,6 +3,7 @@ and the bridge from the pipeline's progress / cancel callbacks to ComfyUI."""
 
 from __future__ import annotations
 
+import io as bytes_io
 import logging
 import os
 from pathlib import Path
@@ -13,11 +14,11 @@ import torch
 from comfy import model_management
 from comfy.cli_args import args
 from comfy.utils import ProgressBar
-from comfy_api.latest import io, ui
+from comfy_api.latest import InputImpl, io, ui
 from PIL import Image
 
 from ..latentsync.pipeline.settings import DEFAULT_SETTINGS, SETTING_SPECS
-from .convert import check_video_path
+from .convert import MAX_FPS, MIN_FPS, check_video_path
 from .data import StepProgress, latentsync_file_kind, setting_input_name, setting_widget
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ SPEED = io.Custom("LATENTSYNC_SPEED")
 
 MODEL_FOLDER = "latentsync"  # models/latentsync: latentsync_unet.pt, whisper/tiny.pt, stable_syncnet.pt
 MODEL_EXTENSIONS = {".safetensors", ".pt", ".pth"}
+DEFAULT_INSIGHTFACE_MODEL = "buffalo_l"
 INSIGHTFACE_FOLDER = "insightface"  # models/insightface/models/buffalo_l/{det_10g,2d106det}.onnx
 LORA_FOLDER = "loras"
 
@@ -196,3 +198,29 @@ class SamplingProgress:
 
     def finish(self) -> None:
         self.bar.update_absolute(self.steps.total, preview=self.preview)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Inputs and outputs more than one node module uses
+
+FPS_TOOLTIP = "Frame rate of the video frames (connect fps from Get Video Components)."
+
+
+def fps_input(tooltip: str = FPS_TOOLTIP) -> io.Float.Input:
+    return io.Float.Input("fps", default=25.0, min=float(MIN_FPS), max=float(MAX_FPS), step=0.01, tooltip=tooltip)
+
+
+def vae_choices() -> list[str]:
+    """VAEs in ``models/vae``: diffusers folders (with a config.json) first, then single files outside them."""
+    folders = {
+        config.parent.name
+        for root in folder_paths.get_folder_paths("vae")
+        for config in Path(root).glob("*/config.json")
+    }
+    files = [name for name in folder_paths.get_filename_list("vae") if Path(name).parts[0] not in folders]
+    return sorted(folders) + files
+
+
+def video_output(path: Path) -> InputImpl.VideoFromFile:
+    """A VIDEO of the encoded file, held in memory (compressed), so ``path`` can be deleted."""
+    return InputImpl.VideoFromFile(bytes_io.BytesIO(path.read_bytes()))

@@ -23,7 +23,7 @@ from ..latentsync.audio.whisper import load_whisper
 from ..latentsync.errors import CheckpointError
 from ..latentsync.face.detectors import FaceDetector, create_face_detector
 from ..latentsync.face.detectors.insightface import DETECTION_MODEL_FILE, LANDMARK_MODEL_FILE
-from ..latentsync.models.lora import PEFT_WEIGHTS, read_lora
+from ..latentsync.models.lora import PEFT_WEIGHTS, check_lora_fits, read_lora
 from ..latentsync.models.syncnet import load_syncnet
 from ..latentsync.models.vae import load_vae
 from ..latentsync.pipeline.models import infer_resolution
@@ -31,6 +31,7 @@ from ..latentsync.pipeline.settings import AUTO, DTYPES, SETTING_SPECS
 from .common import (
     AUDIO_ENCODER,
     CATEGORY,
+    DEFAULT_INSIGHTFACE_MODEL,
     FACE_DETECTOR,
     INSIGHTFACE_FOLDER,
     LORA_FOLDER,
@@ -42,6 +43,7 @@ from .common import (
     full_path,
     latentsync_files,
     setting_input,
+    vae_choices,
 )
 from .data import LatentSyncModel, ManagedModule
 
@@ -49,7 +51,6 @@ logger = logging.getLogger(__name__)
 
 DEVICES = (AUTO, "cpu")
 RESOLUTIONS = (AUTO, *(str(r) for r in SETTING_SPECS["resolution"].choices))
-DEFAULT_INSIGHTFACE_MODEL = "buffalo_l"
 
 DEVICE_TOOLTIP = (
     "auto: ComfyUI's device (the GPU), offloaded to the CPU when other models need the memory; cpu: always on the "
@@ -97,17 +98,6 @@ def load_audio_encoder(whisper_name: str, device: str = AUTO) -> ModelPatcher:
     """The Whisper checkpoint ``whisper_name`` of ``models/latentsync`` in a ModelPatcher (float32)."""
     path = full_path(MODEL_FOLDER, whisper_name)
     return managed(load_whisper(path, device=model_devices(device)[1]), device)
-
-
-def vae_choices() -> list[str]:
-    """VAEs in ``models/vae``: diffusers folders (with a config.json) first, then single files outside them."""
-    folders = {
-        config.parent.name
-        for root in folder_paths.get_folder_paths("vae")
-        for config in Path(root).glob("*/config.json")
-    }
-    files = [name for name in folder_paths.get_filename_list("vae") if Path(name).parts[0] not in folders]
-    return sorted(folders) + files
 
 
 def vae_path(name: str) -> Path:
@@ -361,18 +351,7 @@ class LatentSyncLoRA(io.ComfyNode):
         path = full_path(LORA_FOLDER, lora_name)
         lora = read_lora(path)
         label = path.parent.name if path.name == PEFT_WEIGHTS else path.name  # a peft folder goes by its name
-        shapes = {name: tuple(tensor.shape) for name, tensor in model.unet.state_dict().items()}
-        misfits = [
-            name
-            for name, (down, up) in lora.layers.items()
-            if shapes.get(f"{name}.weight") != (up.shape[0], down.shape[1])
-        ]
-        if misfits:
-            raise CheckpointError(
-                f"{label} does not fit this UNet: {len(misfits)} of its {len(lora.layers)} layers are missing or "
-                f"of another shape (first: {misfits[0]}). It was trained on "
-                f"{lora.metadata.get('base_checkpoint', 'another UNet')}."
-            )
+        check_lora_fits(model.unet, lora)
         patches = {
             f"module.{name}.weight": LoRAAdapter(set(), (up, down, lora.alpha, None, None, None))
             for name, (down, up) in lora.layers.items()

@@ -27,11 +27,12 @@ from .common import (
     SPEAKER_MAP,
     SYNCNET,
     check_cancel,
+    fps_input,
     landmark_filter_input,
     setting_input,
     speaker_input,
 )
-from .convert import MAX_FPS, MIN_FPS, Uint8Frames, as_fps, frames_to_images, model_waveform
+from .convert import Uint8Frames, as_fps, frames_to_images, model_waveform
 from .data import (
     AudioEmbeds,
     FaceTracks,
@@ -43,13 +44,6 @@ from .data import (
 )
 
 logger = logging.getLogger(__name__)
-
-FPS_TOOLTIP = "Frame rate of the video frames (connect fps from Get Video Components)."
-
-
-def fps_input(tooltip: str = FPS_TOOLTIP) -> io.Float.Input:
-    return io.Float.Input("fps", default=25.0, min=float(MIN_FPS), max=float(MAX_FPS), step=0.01, tooltip=tooltip)
-
 
 class LatentSyncAudioEncode(io.ComfyNode):
     @classmethod

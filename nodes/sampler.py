@@ -15,7 +15,6 @@ Which to use:
 
 from __future__ import annotations
 
-import io as bytes_io
 import logging
 import time
 from pathlib import Path
@@ -41,6 +40,7 @@ from .common import (
     AUDIO_EMBEDS,
     AUDIO_ENCODER,
     CATEGORY,
+    DEFAULT_INSIGHTFACE_MODEL,
     FACE_DETECTOR,
     FACES,
     MODEL,
@@ -50,6 +50,7 @@ from .common import (
     Choice,
     SamplingProgress,
     comfy_video_path,
+    fps_input,
     generation_inputs,
     landmark_filter_input,
     latentsync_files,
@@ -57,7 +58,9 @@ from .common import (
     setting_input,
     show_notices,
     speaker_input,
+    vae_choices,
     vae_input,
+    video_output,
 )
 from .convert import Uint8Frames, as_fps, frame_to_image, save_wav, scratch_dir
 from .data import (
@@ -71,8 +74,6 @@ from .data import (
     setting_fields,
     setting_widget,
 )
-from .loaders import DEFAULT_INSIGHTFACE_MODEL, vae_choices
-from .prepare import fps_input
 from .vae_codecs import vae_codec
 
 logger = logging.getLogger(__name__)
@@ -111,11 +112,6 @@ def video_file(video, scratch: Path) -> Path:
     path = scratch / "source_video.mp4"
     video.save_to(str(path))
     return path
-
-
-def video_output(path: Path) -> InputImpl.VideoFromFile:
-    """A VIDEO of the encoded file, held in memory (compressed), so ``path`` can be deleted."""
-    return InputImpl.VideoFromFile(bytes_io.BytesIO(path.read_bytes()))
 
 
 def lipsync_video(

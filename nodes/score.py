@@ -9,9 +9,8 @@ from comfy_api.latest import io, ui
 
 from ..latentsync.face.detectors import FaceDetector
 from ..latentsync.score import DEFAULT_MAX_OFFSET, plot_offsets, score_frames
-from .common import CATEGORY, FACE_DETECTOR, SYNCNET, check_cancel
+from .common import CATEGORY, FACE_DETECTOR, SYNCNET, check_cancel, fps_input
 from .convert import Uint8Frames, as_fps, frames_to_images, model_waveform
-from .prepare import fps_input
 
 
 class LatentSyncSyncScore(io.ComfyNode):

@@ -6,10 +6,8 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..latentsync.media.writer import OUTPUT_CRF, AudioArray, VideoWriter
-from .common import CATEGORY, check_cancel
+from .common import CATEGORY, check_cancel, fps_input, video_output
 from .convert import as_fps, audio_samples, check_images, frame_to_uint8, scratch_dir
-from .prepare import fps_input
-from .sampler import video_output
 
 
 class LatentSyncCreateVideo(io.ComfyNode):

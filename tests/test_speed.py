@@ -14,15 +14,14 @@ from latentsync.models.unet_configs import get_unet_config
 from latentsync.models.vae import TINY_VAE_CONFIG, DiffusersVAE, decode_in_batches, encode_in_batches
 from latentsync.pipeline.ddim import create_scheduler, sample_ddim
 from latentsync.pipeline.deepcache import DeepCacheUNet
+from latentsync.pipeline.denoiser import wrap_unet
 from latentsync.pipeline.speed import (
     EXACT,
     OFFICIAL,
     SpeedSettings,
-    background_calls,
     parse_switches,
-    prefetch,
-    wrap_unet,
 )
+from latentsync.pipeline.threads import background_calls, prefetch
 from latentsync.pipeline.windows import WindowInputs, sample_windows
 from latentsync.tiny import randomize_parameters
 

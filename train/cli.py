@@ -15,7 +15,7 @@ import shlex
 import subprocess
 import sys
 
-from latentsync._cli import exit_with_status
+from latentsync.errors import exit_with_status
 
 from .config import DEEPSPEED_PRESETS, MODES, load_config
 

@@ -199,10 +199,6 @@ class Config(dict):
         super().__init__(copy.deepcopy(dict(values)))
         self.mode = mode
 
-    def get_path(self, dotted: str) -> Any:
-        section, key = dotted.split(".", 1)
-        return self[section][key]
-
     def to_yaml(self) -> str:
         return yaml.safe_dump({"mode": self.mode, **dict(self)}, sort_keys=False)
 

@@ -10,9 +10,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import sys
 
-from ..errors import LatentSyncError
+from ..errors import exit_with_status
 
 # command modules, in the order `--help` lists them
 _COMMANDS = ("lipsync", "batch", "faces", "score", "bench", "make_tiny_models", "download")
@@ -40,19 +39,3 @@ def main(argv: list[str] | None = None) -> None:
         level=logging.DEBUG if args.debug else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
     exit_with_status(args)
-
-
-def exit_with_status(args: argparse.Namespace) -> None:
-    """Run ``args.run(args)`` and exit: its code (0 if None), 1 on a `LatentSyncError` (one line, or the traceback
-    with ``args.debug``), 130 on Ctrl-C. Shared by ``python -m latentsync`` and ``python -m train``."""
-    try:
-        code = args.run(args)
-    except KeyboardInterrupt:
-        print("Interrupted.", file=sys.stderr)
-        raise SystemExit(130) from None
-    except LatentSyncError as error:
-        if args.debug:
-            raise
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(1) from None
-    raise SystemExit(code or 0)

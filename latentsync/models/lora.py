@@ -207,7 +207,8 @@ class AppliedLoRA:
         self._originals = None
 
 
-def _check_fits(model: nn.Module, lora: LoRA) -> None:
+def check_lora_fits(model: nn.Module, lora: LoRA) -> None:
+    """Raise `CheckpointError` naming the layers of ``lora`` that ``model`` lacks, or has of another kind or shape."""
     problems = []
     for name, (down, up) in lora.layers.items():
         try:
@@ -238,7 +239,7 @@ def apply_lora(model: nn.Module, lora: LoRA, strength: float = 1.0) -> AppliedLo
     Raises:
         CheckpointError: a named module is missing, not linear, or of another shape.
     """
-    _check_fits(model, lora)
+    check_lora_fits(model, lora)
     originals = {}
     with torch.no_grad():
         for name in lora.layers:

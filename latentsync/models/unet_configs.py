@@ -123,8 +123,6 @@ UNET_CONFIGS: dict[str, dict] = {
     "stage2_efficient": STAGE2_EFFICIENT,
     "tiny": TINY,
 }
-# The architecture of the released LatentSync 1.5/1.6 checkpoint (`checkpoints/latentsync_unet.pt`).
-DEFAULT_UNET_CONFIG = "stage2_512"
 
 
 def get_unet_config(name: str) -> dict:

@@ -165,10 +165,3 @@ def load_vae(
     if dtype is not None and dtype != torch.float32:
         vae = vae.to(dtype)
     return vae.eval()
-
-
-def save_vae_folder(vae: AutoencoderKL, folder: str | os.PathLike) -> Path:
-    """Write a diffusers VAE folder (``config.json`` + ``diffusion_pytorch_model.safetensors``)."""
-    folder = Path(folder)
-    vae.save_pretrained(folder, safe_serialization=True)
-    return folder

@@ -32,6 +32,7 @@ from ..audio.chunks import feature_window
 from ..conventions import MODEL_FPS, MODEL_SAMPLE_RATE, VAE_SCALE_FACTOR
 from ..errors import Cancelled, MediaError
 from ..face.detectors import FaceDetector, FaceFilter, create_face_detector
+from ..face.detectors.resized import resized_detection
 from ..face.mask import MouthMask
 from ..face.restore import paste_back
 from ..face.search import FaceSearch
@@ -48,8 +49,9 @@ from .models import DEFAULT_RESOLUTION
 from .plan import PlannedFaces, SourceIndexTap, analyse_faces, check_every_frame_has_a_face
 from .report import LipSyncReport
 from .settings import DEFAULT_SETTINGS, LipSyncSettings
-from .speed import EXACT, SpeedSettings, background_calls, prefetch, wrap_detector
+from .speed import EXACT, SpeedSettings
 from .stream import SyncStream
+from .threads import background_calls, prefetch
 from .timing import StageClock
 from .windows import WindowGenerator, WindowPixels
 
@@ -108,7 +110,7 @@ class LipSyncPipeline:
         if detector is None:
             face_filter = FaceFilter.for_min_height(settings.min_face_size)
             detector = create_face_detector(settings.face_detector, face_filter=face_filter)
-        self.detector = wrap_detector(detector, speed)
+        self.detector = resized_detection(detector, speed.detect_size)
         self.syncnet = syncnet
         self.mask = MouthMask(self.resolution)
 

@@ -1,13 +1,13 @@
 """Speed switches of a lip-sync run, each measured against the exact path (numbers in ``docs/benchmarks.md``).
 
 `SpeedSettings` holds them; its defaults are the exact path (every switch off, or on where it cannot change the
-output). The model precision is not here: it is ``LipSyncSettings.dtype`` (one table per value). Helpers apply the
-switches to a sampler call::
+output). The model precision is not here: it is ``LipSyncSettings.dtype`` (one table per value). Where each switch
+is applied::
 
-    speed = SpeedSettings(deepcache_interval=3)
-    unet_fn = wrap_unet(unet, speed)                       # DeepCache and/or torch.compile around the UNet
-    detector = wrap_detector(detector, speed)              # detection on shrunk frames
-    frames = prefetch(decoded_frames, depth=8)             # decode in a background thread (io_overlap)
+    deepcache_interval, deepcache_branch, compile   latentsync.pipeline.denoiser.wrap_unet
+    cfg_batch, vae_batch, window_batch              latentsync.pipeline.windows.WindowGenerator
+    detect_size                                     latentsync.face.detectors.resized.resized_detection
+    io_overlap                                      latentsync.pipeline.threads (prefetch, background_calls)
 
 ``python -m latentsync bench --compare "deepcache_interval=3"`` measures any of them on random weights.
 """
@@ -15,24 +15,13 @@ switches to a sampler call::
 from __future__ import annotations
 
 import dataclasses
-import queue
-import threading
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TypeVar
 
 import torch
-from torch import nn
 
 from ..errors import ConfigError
-from ..face.detectors import Face, FaceDetector
-from ..models.unet_blocks import UNetBlock3D
-from .deepcache import OFFICIAL_CACHE_BRANCH, DeepCacheUNet
+from .deepcache import OFFICIAL_CACHE_BRANCH
 from .settings import SettingSpec, check_settings, setting_field, setting_specs
-
-T = TypeVar("T")
-
 
 @dataclass(frozen=True)
 class SpeedSettings:
@@ -62,7 +51,7 @@ class SpeedSettings:
             not fill the device; no gain on the CPU (1.00x). Output frames wait for their mouth until the batch
             is full, so memory grows with it.
         detect_size: run face detection on a copy of each frame whose longer side is at most this many pixels
-            (`wrap_detector`; tracking and landmark smoothing keep following the face); None = full size (exact).
+            (`resized_detection`; tracking and landmark smoothing keep following the face); None = full size (exact).
             No gain with MediaPipe (1.03x), which already works on small copies; meant for InsightFace.
         io_overlap: decode the next frames and encode finished ones in background threads (`prefetch`,
             `background_calls`), so the models do not wait for video IO. Exact (same frames, same order), so on
@@ -138,166 +127,3 @@ def parse_switches(text: str) -> dict:
             )
         switches[name] = SPEED_SPECS[name].parse(name, value)
     return switches
-
-
-# ----------------------------------------------------------------------------------------------------------
-# UNet and sampler
-
-
-def compile_layers(unet: nn.Module, **compile_options) -> nn.Module:
-    """``torch.compile`` every resnet, spatial transformer and motion module of ``unet``, in place.
-
-    Compiling the repeated layers instead of the whole model ("regional compilation") compiles each distinct
-    layer shape once and keeps the Python control flow around them, so `DeepCacheUNet` can still choose which
-    layers to run. ``compile_options`` go to `torch.nn.Module.compile` (e.g. ``mode="max-autotune"``).
-
-    Layers of one class share their ``forward`` code, and dynamo keeps a limited number of compiled versions per
-    code object (8 by default); the limit is raised to the number of layers, or the later ones would run eagerly.
-    """
-    layers = [
-        layer
-        for module in unet.modules()
-        if isinstance(module, UNetBlock3D)
-        for group in (module.resnets, module.attentions, module.motion_modules)
-        if group is not None
-        for layer in group
-    ]
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, len(layers))
-    for layer in layers:
-        layer.compile(**compile_options)
-    return unet
-
-
-def wrap_unet(unet: nn.Module, speed: SpeedSettings = EXACT) -> nn.Module:
-    """The UNet as the sampler should call it under ``speed``: compiled layers (in place) and/or DeepCache.
-
-    Returns ``unet`` itself when neither switch is on.
-    """
-    if speed.compile:
-        compile_layers(unet)
-    if speed.deepcache_interval > 1:
-        return DeepCacheUNet(unet, speed.deepcache_interval, speed.deepcache_branch)
-    return unet
-
-
-class ResizedDetection(FaceDetector):
-    """Runs ``detector`` on frames shrunk so their longer side is at most ``detect_size`` pixels (points are mapped
-    back to the full frame by `FaceDetector.detect`), whatever size the caller asks for."""
-
-    def __init__(self, detector: FaceDetector, detect_size: int):
-        super().__init__(detector.face_filter)
-        self.detector = detector
-        self.detect_size = detect_size
-        self.name = f"{detector.name}@{detect_size}"
-
-    def detect(self, image, detect_size: int | None = None) -> list[Face]:
-        return self.detector.detect(image, self.detect_size)
-
-    def _find_faces(self, image) -> list[Face]:
-        return self.detector.detect(image)
-
-
-def wrap_detector(detector: FaceDetector, speed: SpeedSettings = EXACT) -> FaceDetector:
-    """The face detector under ``speed``: `ResizedDetection` when ``detect_size`` is set, else ``detector``."""
-    if speed.detect_size is None:
-        return detector
-    return ResizedDetection(detector, speed.detect_size)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# IO overlap
-
-_DONE = object()
-
-
-def prefetch(items: Iterable[T], depth: int = 8) -> Iterator[T]:
-    """Yield ``items`` in order while a background thread produces up to ``depth`` of them ahead.
-
-    For decoding: PyAV and OpenCV release the GIL while they work, so the next frames decode while the caller
-    computes. An exception in the producer is raised in the caller at the item where it happened. Closing the
-    returned iterator (or leaving a ``for`` loop early) stops the thread and closes ``items`` if it can be.
-    """
-    if depth < 1:
-        raise ConfigError(f"prefetch depth must be >= 1, got {depth}")
-    buffer: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def produce() -> None:
-        iterator = iter(items)
-        try:
-            for item in iterator:
-                while not stop.is_set():
-                    try:
-                        buffer.put((item, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            buffer.put((_DONE, None))
-        except Exception as error:  # noqa: BLE001 (handed to the consumer)
-            buffer.put((_DONE, error))
-        finally:
-            close = getattr(iterator, "close", None)
-            if close is not None:
-                close()
-
-    thread = threading.Thread(target=produce, name="latentsync-prefetch", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item, error = buffer.get()
-            if item is _DONE:
-                if error is not None:
-                    raise error
-                return
-            yield item
-    finally:
-        stop.set()
-        while thread.is_alive():
-            try:
-                buffer.get(timeout=0.1)  # unblock a producer waiting on a full buffer
-            except queue.Empty:
-                pass
-        thread.join()
-
-
-@contextmanager
-def background_calls(function: Callable[[T], object], depth: int = 8) -> Iterator[Callable[[T], None]]:
-    """Run ``function(item)`` for every submitted item, in order, in one background thread.
-
-    For encoding: ``with background_calls(writer.write_frame) as submit: submit(frame)``. At most ``depth`` items
-    wait; `submit` blocks when the thread falls behind. Leaving the block waits for the queue to drain. An
-    exception in ``function`` is raised by the next `submit` or on leaving the block, and later items are dropped.
-    """
-    if depth < 1:
-        raise ConfigError(f"background queue depth must be >= 1, got {depth}")
-    pending: queue.Queue = queue.Queue(maxsize=depth)
-    errors: list[BaseException] = []
-
-    def consume() -> None:
-        while True:
-            item = pending.get()
-            if item is _DONE:
-                return
-            if not errors:
-                try:
-                    function(item)
-                except Exception as error:  # noqa: BLE001 (handed to the submitter)
-                    errors.append(error)
-
-    thread = threading.Thread(target=consume, name="latentsync-background", daemon=True)
-    thread.start()
-
-    def submit(item: T) -> None:
-        if errors:
-            raise errors[0]
-        pending.put(item)
-
-    try:
-        yield submit
-    finally:
-        pending.put(_DONE)
-        thread.join()
-    if errors:
-        raise errors[0]

@@ -14,7 +14,8 @@ import torch
 
 from ..models.vae import LatentCodec, decode_in_batches, encode_in_batches
 from .ddim import StepCallback, create_scheduler, sample_ddim
-from .speed import EXACT, SpeedSettings, wrap_unet
+from .denoiser import wrap_unet
+from .speed import EXACT, SpeedSettings
 from .timing import StageClock
 
 
