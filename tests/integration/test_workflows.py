@@ -305,6 +305,17 @@ def test_face_tracks_and_face_prepare_with_a_speaker(pack_server: ComfyServer) -
     assert len(entry["outputs"]["7"]["images"]) == CLIP_FRAMES and len(entry["outputs"]["8"]["images"]) == CLIP_FRAMES
 
 
+def test_video_sampler_with_a_speaker_map(pack_server: ComfyServer, tmp_path: Path) -> None:
+    prompt = api_workflow("latentsync_long_video")
+    sampler = prompt[node_of(prompt, "LatentSyncVideoSampler")]
+    prompt["90"] = {
+        "class_type": "LatentSyncSpeakerMap",
+        "inputs": {"face_1": "0", "audio_1": sampler["inputs"]["audio"]},
+    }
+    sampler["inputs"]["speaker_map"] = ["90", 0]
+    check_video(saved_video(pack_server, run(pack_server, prompt), tmp_path))
+
+
 def documented_python() -> dict:
     """The namespace of the first Python block of the headless section of docs/comfyui.md (its helpers)."""
     section = DOCS.read_text().split("## Headless use", 1)[1]
