@@ -1,7 +1,7 @@
 """The working nodes (Audio Encode, Face Tracks, Face Prepare, Speaker Map, the three samplers, Speed, Create Video,
-Sync Score) and the VAE codecs, run without ComfyUI (stand-in ``comfy`` modules, `helpers.comfy`) on the tiny models: inputs are checked,
-the library computes what the node returns (the same frames, features and scores as calling it directly), and
-the outputs have ComfyUI's types."""
+Sync Score) and the VAE codecs, run without ComfyUI (stand-in ``comfy`` modules, `helpers.comfy`) on the tiny models:
+inputs are checked, the library computes what the node returns (the same frames, features and scores as calling it
+directly), and the outputs have ComfyUI's types."""
 
 from __future__ import annotations
 

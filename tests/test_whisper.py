@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import zipfile
 
 import numpy as np
 import pytest
@@ -16,7 +15,6 @@ from latentsync.audio import (
     load_whisper,
     mel_filterbank,
     random_tiny_whisper_state,
-    save_whisper_checkpoint,
     stft,
 )
 from latentsync.audio.whisper import WhisperAttention
@@ -239,21 +237,6 @@ def test_random_state_has_the_official_layout(whisper_dir):
     assert not torch.equal(conv1, random_tiny_whisper_state(dims, seed=4)["encoder.conv1.weight"])
     fan_in = 80 * 3
     assert conv1.float().std() == pytest.approx(1 / math.sqrt(fan_in), rel=0.15)
-
-
-def test_saved_checkpoint_round_trip(tmp_path, whisper_dir, waveforms):
-    dims = load_json(whisper_dir / "whisper_features_public.json")["dims"]
-    state = random_tiny_whisper_state(dims, seed=11)
-    path = tmp_path / "tiny_random.pt"
-    save_whisper_checkpoint(path, dims, state)
-
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny_random.pt"]  # no staging leftovers
-    stored = torch.load(path, weights_only=True)
-    assert set(stored) == {"dims", "model_state_dict"} and stored["dims"] == dims
-    assert zipfile.ZipFile(path).namelist()[0].startswith("tiny_random/")  # archive named like the file
-    extractor = load_whisper(path)
-    assert extractor.hidden_size == 24 and extractor.num_hidden_states == 5
-    assert extractor.encode(waveforms["demo1"][:16000]).shape == (50, 5, 24)
 
 
 def test_encoder_from_dims_has_openai_keys(whisper_dir):
