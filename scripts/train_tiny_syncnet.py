@@ -18,8 +18,10 @@ Status (measured on the shared 2-core CPU, load 10-20): the data steps work (3 p
 held-out pieces), but the network has not learned sync yet. With lr 1e-3 the embeddings collapse to a constant
 (cosine 0.5 for every pair) within 25 steps; with lr 1e-4 (the config) they stay diverse but the training loss stays
 at 0.693 (ln 2) for 800 steps of 16 windows, held-out ``val/accuracy`` 0.50-0.58. A 16-frame variant (visual
-``in_channels`` 48, audio factors ``[[2, 1], 2, 2, 2, [5, 6]]``, 40-frame pieces) was at 0.67-0.68 after 100 steps
-when the machine's load stopped it. Next: that variant for a few thousand steps (minutes on a GPU).
+``in_channels`` 48, audio factors ``[[2, 1], 2, 2, 2, [5, 6]]``, 40-frame pieces, lr 1e-4) leaves the plateau but
+memorises the 21 s of training video: training loss 0.50 at step 330 while the held-out ``val/accuracy`` stays at
+0.44-0.54 and the held-out score's best offsets are -5 (demo1) and -15 (demo2), not 0. Next: more (or augmented)
+training video, or that variant with weight decay / dropout for a few thousand steps (minutes on a GPU).
 """
 
 from __future__ import annotations
