@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..conventions import MODEL_SAMPLE_RATE
-from ..errors import ConfigError, NoFaceError
+from ..errors import ConfigError
 from ..face.align import FaceAligner
 from ..face.search import FaceSearch
 from ..face.tracks import FaceTrack, FaceTrackSet
@@ -43,6 +43,7 @@ from ..speaker import (
     plan_map,
 )
 from .faces import PreparedFace
+from .stream import no_face_error
 from .threads import one_torch_thread
 from .timing import StageClock
 
@@ -189,10 +190,7 @@ def check_every_frame_has_a_face(plan: SyncPlan, source_indices: Iterable[int], 
     covered = plan.frames_with_a_face(max(max((len(v.frames) for v in plan.voices), default=0), 1))
     for index, source_index in enumerate(source_indices):
         if source_index >= len(covered) or not covered[source_index]:
-            raise NoFaceError(
-                f"No face in output frame {index} ({float(index / fps):.2f} s). Use a clip with a visible face "
-                "in every frame, or no_face='passthrough' (--no-face passthrough) to keep such frames unchanged."
-            )
+            raise no_face_error(index, fps)
 
 
 class SourceIndexTap:

@@ -50,6 +50,14 @@ def model_frame_shown(output_index: int, fps: Fraction) -> int:
     return math.floor(output_index * MODEL_FPS / fps)
 
 
+def no_face_error(index: int, fps: Fraction) -> NoFaceError:
+    """The error of ``no_face="error"`` at output frame ``index``."""
+    return NoFaceError(
+        f"No face in output frame {index} ({float(index / fps):.2f} s). Use a clip with a visible face in every "
+        "frame, or set no_face to passthrough to keep such frames unchanged."
+    )
+
+
 @dataclass
 class _PendingFrame:
     index: int  # output frame index
@@ -97,10 +105,7 @@ class SyncStream:
         index = self.num_input
         self.num_input += 1
         if face is None and self.no_face == "error":
-            raise NoFaceError(
-                f"No face in output frame {index} ({float(index / self.fps):.2f} s). Use a clip with a visible face "
-                "in every frame, or set no_face to passthrough to keep such frames unchanged."
-            )
+            raise no_face_error(index, self.fps)
         self.pending.append(_PendingFrame(index, frame, face))
         for model_frame in model_frames_of(index, self.fps):
             self.report.num_model_frames += 1
