@@ -15,6 +15,11 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
+import cv2
+import numpy as np
+
+from .errors import MediaError
+
 # Random bytes in a temporary file's name (written as twice as many hex digits).
 TOKEN_BYTES = 4
 
@@ -60,3 +65,21 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def save_png(image: np.ndarray, path: str | os.PathLike) -> Path:
+    """Write an ``(h, w, 3)`` uint8 RGB image as PNG (temporary file, then rename)."""
+    path = Path(path)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise MediaError(f"save_png needs an (h, w, 3) uint8 RGB image, got {image.shape} {image.dtype}.")
+    if not path.parent.is_dir():
+        raise MediaError(f"Output folder {path.parent} does not exist; create it first.")
+    ok, encoded = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise MediaError(f"OpenCV could not encode the {image.shape} image as PNG.")
+    try:
+        with atomic_write(path) as temporary:
+            temporary.write_bytes(encoded.tobytes())
+    except OSError as error:
+        raise MediaError(f"Cannot write {path} ({error}).") from error
+    return path

@@ -8,7 +8,8 @@ from comfy.utils import ProgressBar
 from comfy_api.latest import io, ui
 
 from ..latentsync.face.detectors import FaceDetector
-from ..latentsync.score import DEFAULT_MAX_OFFSET, plot_offsets, score_frames
+from ..latentsync.score import DEFAULT_MAX_OFFSET, score_frames
+from ..latentsync.score_plot import plot_offsets
 from .common import CATEGORY, FACE_DETECTOR, SYNCNET, check_cancel, fps_input
 from .convert import Uint8Frames, as_fps, frames_to_images, model_waveform
 

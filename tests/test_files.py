@@ -13,8 +13,7 @@ import torch
 from latentsync import files
 from latentsync._cli.score import _write_json
 from latentsync.checkpoint import save_checkpoint
-from latentsync.files import atomic_write, create_temporary
-from latentsync.score import save_png
+from latentsync.files import atomic_write, create_temporary, save_png
 from train.config import load_config
 
 

@@ -23,17 +23,17 @@ from latentsync.audio.syncnet_mel import crop_mel_window, mel_window_length, syn
 from latentsync.errors import ConfigError, LatentSyncError, MediaError, NoFaceError
 from latentsync.models.syncnet import StableSyncNet, pack_frames, save_syncnet
 from latentsync.models.syncnet_configs import get_syncnet_config
+from latentsync.files import save_png
 from latentsync.score import (
     FaceWindowEmbedder,
     FrameAlignedMel,
     SyncNetInput,
     SyncScore,
     frames_at_score_fps,
-    plot_offsets,
-    save_png,
     score_video,
     sync_offset_scores,
 )
+from latentsync.score_plot import plot_offsets
 
 SAMPLE_RATE = 16000
 SAMPLES_PER_FRAME = 640

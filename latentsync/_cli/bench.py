@@ -146,7 +146,7 @@ def _run_sampler(args, device, dtype, base, other) -> dict:
 
 
 def _run_e2e(args, device, dtype, base, other) -> dict:
-    from .. import bench
+    from .. import bench, bench_clip
     from ..audio.whisper import load_whisper, random_tiny_whisper_state, save_whisper_checkpoint
     from ..face.detectors import create_face_detector
     from ..pipeline.lipsync import LipSyncPipeline
@@ -170,11 +170,11 @@ def _run_e2e(args, device, dtype, base, other) -> dict:
         # 2. Clip
         if args.video:
             video = Path(args.video)
-            audio = bench.cut_audio(Path(args.audio or args.video), args.frames, folder)
+            audio = bench_clip.cut_audio(Path(args.audio or args.video), args.frames, folder)
             detector_name = args.detector or "mediapipe"
         else:
-            video, audio = bench.write_test_clip(folder, args.frames)
-            detector_name = args.detector or bench.CentredFaceDetector.name
+            video, audio = bench_clip.write_test_clip(folder, args.frames)
+            detector_name = args.detector or bench_clip.CentredFaceDetector.name
         settings = LipSyncSettings(
             resolution=args.resolution, num_inference_steps=args.steps, guidance_scale=args.guidance, seed=args.seed,
             device=str(device),
@@ -186,7 +186,7 @@ def _run_e2e(args, device, dtype, base, other) -> dict:
         def run_variant(variant) -> bench.BenchResult:
             side_unet, side_vae = bench.models_for(variant, unet, vae)
             detector = (
-                bench.CentredFaceDetector() if detector_name == bench.CentredFaceDetector.name
+                bench_clip.CentredFaceDetector() if detector_name == bench_clip.CentredFaceDetector.name
                 else create_face_detector(detector_name)
             )  # fmt: skip
             pipeline = LipSyncPipeline(side_unet, whisper, side_vae, detector, settings, variant.speed)

@@ -9,7 +9,7 @@ from ..errors import ConfigError
 from ..face.detectors import DEFAULT_FACE_DETECTOR, FACE_DETECTORS, FaceFilter, create_face_detector
 from ..face.search import FaceSearch
 from ..face.tracks import track_table, track_video
-from ..score import save_png
+from ..files import save_png
 from .score import _write_json
 
 DEFAULT_MIN_FACE = 32

@@ -10,11 +10,12 @@ from pathlib import Path
 
 from ..errors import ConfigError, MediaError
 from ..face.detectors import DEFAULT_FACE_DETECTOR, FACE_DETECTORS, create_face_detector
-from ..files import atomic_write
+from ..files import atomic_write, save_png
 from ..models.syncnet import load_syncnet
 from ..models.syncnet_configs import SYNCNET_CONFIGS
 from ..pipeline.models import SYNCNET_FILE
-from ..score import DEFAULT_BATCH_SIZE, DEFAULT_MAX_OFFSET, plot_offsets, save_png, score_video
+from ..score import DEFAULT_BATCH_SIZE, DEFAULT_MAX_OFFSET, score_video
+from ..score_plot import plot_offsets
 from .options import add_threads_option, apply_threads
 
 DEFAULT_MODELS_DIR = "checkpoints"
