@@ -163,6 +163,7 @@ def test_lora_argument():
         parse_lora_argument("a:nan")
 
 
+@pytest.mark.slow
 def test_cli_lora_changes_the_output_and_strength_zero_does_not(assets_dir, tiny_models_dir, tmp_path):
     """A LoRA on the tiny UNet's audio cross-attention, through ``python -m latentsync lipsync`` on 0.4 s of demo1."""
     import argparse

@@ -191,6 +191,7 @@ def test_reference_window_is_at_least_a_window_away():
         assert abs(ref - start) >= 5 and 0 <= ref <= total - 5
 
 
+@pytest.mark.slow
 def test_memory_command_counts_and_measures_a_step(capsys):
     """``python -m train memory``: the counts are the real model's, and a step at a reduced size really runs."""
     from latentsync.models.unet import UNet3DConditionModel

@@ -14,7 +14,7 @@ from train.config import load_config
 from train.loop import flat_config, train_loop
 from train.runtime import create_accelerator
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]  # accelerate runs: tens of seconds
 
 
 @pytest.fixture(autouse=True)
