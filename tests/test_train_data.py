@@ -267,15 +267,18 @@ TRAINED_SYNCNET = REPO_ROOT / "tests" / "assets" / "stable_syncnet_tiny_trained.
 
 
 @pytest.fixture(scope="module")
-def aligned_demo1(in_process, tmp_path_factory) -> dict:
-    """demo1's 2.4 s aligned as one clip (long enough for a sync score: the window plus +-15 frames)."""
-    from train.data.steps import step_align
+def aligned_demo1(excerpts, tmp_path_factory) -> dict:
+    """demo1's first 3.2 s at half size, tracked and aligned as one clip (long enough for a sync score: the window
+    plus +-15 frames)."""
+    from train.data.steps import step_align, step_faces
 
-    output, summary = in_process
-    faces = next(step for step in summary.steps if step.name == "faces").kept
-    record = next(record for record in faces if record["id"] == "demo1")
+    folder = tmp_path_factory.mktemp("aligned")
+    frames, audio = excerpts["demo1"]
+    record = {"id": "demo1", "path": str(_write(folder / "demo1.mp4", frames, audio)), "frames": len(frames),
+              "seconds": len(frames) / 25, "scale": 1.0, "scenes": [[0, len(frames)]]}  # fmt: skip
+    record = step_faces(record, folder, OPTIONS, lambda done, total: None).kept[0]
     segment = {**record, "first_frame": 0, "stop_frame": record["frames"]}
-    return step_align(segment, tmp_path_factory.mktemp("aligned"), OPTIONS, lambda done, total: None).kept[0]
+    return step_align(segment, folder, OPTIONS, lambda done, total: None).kept[0]
 
 
 def _with_audio(record: dict, audio: np.ndarray, path: Path) -> dict:
