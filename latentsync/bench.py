@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import logging
 import os
 import resource
@@ -34,6 +33,7 @@ import torch
 
 from .conventions import VAE_SCALE_FACTOR
 from .errors import ConfigError
+from .files import save_json
 from .models.unet import UNet3DConditionModel
 from .models.unet_configs import get_unet_config
 from .models.vae import SD_VAE_FT_MSE_CONFIG, TINY_VAE_CONFIG, DiffusersVAE, LatentCodec
@@ -481,4 +481,4 @@ def write_json(path: Path, payload: dict) -> None:
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
     }
-    Path(path).write_text(json.dumps({"machine": machine, **payload}, indent=2, default=str))
+    save_json({"machine": machine, **payload}, path)

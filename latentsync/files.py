@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import os
 import secrets
 from collections.abc import Iterator
@@ -80,6 +81,19 @@ def save_png(image: np.ndarray, path: str | os.PathLike) -> Path:
     try:
         with atomic_write(path) as temporary:
             temporary.write_bytes(encoded.tobytes())
+    except OSError as error:
+        raise MediaError(f"Cannot write {path} ({error}).") from error
+    return path
+
+
+def save_json(data: dict, path: str | os.PathLike) -> Path:
+    """Write ``data`` as indented JSON (values JSON cannot hold as their ``str``), temporary file then rename."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise MediaError(f"Output folder {path.parent} does not exist; create it first.")
+    try:
+        with atomic_write(path) as temporary:
+            temporary.write_text(json.dumps(data, indent=2, default=str) + "\n")
     except OSError as error:
         raise MediaError(f"Cannot write {path} ({error}).") from error
     return path

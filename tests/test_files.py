@@ -11,9 +11,8 @@ import pytest
 import torch
 
 from latentsync import files
-from latentsync._cli.score import _write_json
 from latentsync.checkpoint import save_checkpoint
-from latentsync.files import atomic_write, create_temporary, save_png
+from latentsync.files import atomic_write, create_temporary, save_json, save_png
 from train.config import load_config
 
 
@@ -23,7 +22,7 @@ def write_plot(path: Path) -> Path:
 
 
 def write_score_json(path: Path) -> Path:
-    _write_json({"confidence": 1.0}, path.with_suffix(".json"))
+    save_json({"confidence": 1.0}, path.with_suffix(".json"))
     return path.with_suffix(".json")
 
 

@@ -9,8 +9,7 @@ from ..errors import ConfigError
 from ..face.detectors import DEFAULT_FACE_DETECTOR, FACE_DETECTORS, FaceFilter, create_face_detector
 from ..face.search import FaceSearch
 from ..face.tracks import track_table, track_video
-from ..files import save_png
-from .score import _write_json
+from ..files import save_json, save_png
 
 DEFAULT_MIN_FACE = 32
 DEFAULT_TILE_SIZE = 640
@@ -88,6 +87,6 @@ def run(args: argparse.Namespace) -> int:
         save_png(video.sheet, sheet)
         print(f"wrote contact sheet: {sheet}")
     if args.json is not None:
-        _write_json({"video": str(args.video), "fps": str(video.fps), "tracks": [t.row() for t in video.tracks]},
+        save_json({"video": str(args.video), "fps": str(video.fps), "tracks": [t.row() for t in video.tracks]},
                     args.json)  # fmt: skip
     return 0

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 from pathlib import Path
 
-from ..errors import ConfigError, MediaError
+from ..errors import ConfigError
 from ..face.detectors import DEFAULT_FACE_DETECTOR, FACE_DETECTORS, create_face_detector
-from ..files import atomic_write, save_png
+from ..files import save_json, save_png
 from ..models.syncnet import load_syncnet
 from ..models.syncnet_configs import SYNCNET_CONFIGS
 from ..pipeline.models import SYNCNET_FILE
@@ -86,16 +85,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return parser
 
 
-def _write_json(data: dict, path: Path) -> None:
-    if not path.parent.is_dir():
-        raise MediaError(f"Output folder {path.parent} does not exist; create it first.")
-    try:
-        with atomic_write(path) as temporary:
-            temporary.write_text(json.dumps(data, indent=2) + "\n")
-    except OSError as error:
-        raise MediaError(f"Cannot write {path} ({error}).") from error
-
-
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
@@ -145,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     if args.plot is not None:
         save_png(plot_offsets(score), args.plot)
     if args.json is not None:
-        _write_json({"video": str(args.video), "audio": str(args.audio or args.video), **score.to_dict()}, args.json)
+        save_json({"video": str(args.video), "audio": str(args.audio or args.video), **score.to_dict()}, args.json)
     if not args.quiet:
         print(f"{len(score.window_starts)} windows of {score.num_frames} frames; syncnet {syncnet_path}")
         for label, path in (("plot", args.plot), ("json", args.json)):
