@@ -15,8 +15,6 @@ from typing import Callable, Optional
 import torch
 from diffusers import DDIMScheduler
 
-from ..conventions import VAE_SCALING_FACTOR  # noqa: F401  (train/validation.py imports it from here until its rewrite)
-
 # `configs/scheduler_config.json` of the official repository.
 OFFICIAL_SCHEDULER_CONFIG = {
     "beta_start": 0.00085,
