@@ -55,6 +55,10 @@ class Workflow:
 # in the order the samplers take their models, with the media loaders below them, so every wire leaves a column
 # to the right and none crosses the loaders. `build` stores a view that shows the whole graph.
 COLUMN = 400
+# Room below Load Video for its preview, which the frontend adds once the file is there (a square or landscape
+# clip's fits; a portrait clip's reaches over Load Audio). More would shrink the stored view below the zoom at
+# which the frontend still draws node text (0.6).
+VIDEO_PREVIEW = 330
 
 
 def _loaders(first_id: int) -> list[Node]:
@@ -71,7 +75,7 @@ BASIC = Workflow(
     nodes=[
         *_loaders(4),
         Node(1, "LoadVideo", (0, 640), {"file": VIDEO_FILE}),
-        Node(3, "LoadAudio", (0, 840), {"audio": AUDIO_FILE}),
+        Node(3, "LoadAudio", (0, 640 + VIDEO_PREVIEW), {"audio": AUDIO_FILE}),
         Node(2, "GetVideoComponents", (COLUMN, 640)),
         Node(8, "LatentSyncAudioEncode", (2 * COLUMN, 240), {"fps": 25.0, "video_frames": 0}),
         Node(9, "LatentSyncFacePrepare", (2 * COLUMN, 420), {"fps": 25.0, "face_index": -1}),
@@ -106,7 +110,7 @@ LONG_VIDEO = Workflow(
     nodes=[
         *_loaders(3),
         Node(1, "LoadVideo", (0, 640), {"file": VIDEO_FILE}),
-        Node(2, "LoadAudio", (0, 840), {"audio": AUDIO_FILE}),
+        Node(2, "LoadAudio", (0, 640 + VIDEO_PREVIEW), {"audio": AUDIO_FILE}),
         Node(7, "LatentSyncVideoSampler", (COLUMN + 120, 0), {**GENERATION, "face_index": -1, **POLICIES}),
         Node(8, "SaveVideo", (2 * COLUMN + 120, 0), {"filename_prefix": "latentsync/long_video"}),
     ],
@@ -125,7 +129,7 @@ LONG_VIDEO = Workflow(
 ALL_IN_ONE = Workflow(
     nodes=[
         Node(1, "LoadVideo", (0, 0), {"file": VIDEO_FILE}),
-        Node(2, "LoadAudio", (0, 200), {"audio": AUDIO_FILE}),
+        Node(2, "LoadAudio", (0, VIDEO_PREVIEW), {"audio": AUDIO_FILE}),
         Node(
             3,
             "LatentSyncLipSync",
@@ -178,7 +182,7 @@ _BUILD_JS = """async (spec) => {
         if (!nodes[from].connect(output, target, slot)) throw new Error(`cannot link ${from}:${output} to ${to}.${input}`);
     }
     // The view the file opens with: the whole graph, below the frontend's top bars and right of its side bar.
-    const margin = { left: 80, top: 110, right: 40, bottom: 40 };
+    const margin = { left: 80, top: 90, right: 40, bottom: 20 };
     const bounds = [Infinity, Infinity, -Infinity, -Infinity];
     for (const node of app.graph.nodes) {
         bounds[0] = Math.min(bounds[0], node.pos[0]);
