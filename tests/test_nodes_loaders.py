@@ -67,12 +67,13 @@ def test_every_input_and_output_is_documented_and_bounded(schemas):
 def test_sampler_inputs_carry_the_settings_tables_bounds(schemas):
     specs, defaults = settings_module.SETTING_SPECS, settings_module.DEFAULT_SETTINGS
     inputs = {item.id: item for item in schemas["LatentSyncSampler"][1].inputs}
-    steps = inputs["num_inference_steps"]
-    assert (steps.display_name, steps.default, steps.min, steps.max) == (
-        "steps", defaults.num_inference_steps, specs["num_inference_steps"].minimum,
-        specs["num_inference_steps"].maximum,
-    )  # fmt: skip
-    assert inputs["seed"].control_after_generate and inputs["long_audio"].options == list(specs["long_audio"].choices)
+    steps = inputs[data.setting_input_name("num_inference_steps")]
+    assert (steps.default, steps.min, steps.max) == (
+        defaults.num_inference_steps, specs["num_inference_steps"].minimum, specs["num_inference_steps"].maximum
+    )
+    long_audio = inputs[data.setting_input_name("long_audio")]
+    assert inputs[data.setting_input_name("seed")].control_after_generate
+    assert long_audio.options == list(specs["long_audio"].choices)
     assert inputs["speed"].optional and {t.io_type for t in inputs["vae"].types} == {"VAE", "LATENTSYNC_VAE"}
 
 

@@ -24,6 +24,7 @@ lipsync = pack_module("latentsync.pipeline.lipsync")
 settings_module = pack_module("latentsync.pipeline.settings")
 speed_module = pack_module("latentsync.pipeline.speed")
 score_module = pack_module("latentsync.score")
+score_plot = pack_module("latentsync.score_plot")
 timeline_module = pack_module("latentsync.media.timeline")
 media = pack_module("latentsync.media")
 vae_module = pack_module("latentsync.models.vae")
@@ -160,7 +161,7 @@ def test_sampler_refuses_inputs_that_do_not_belong_together(comfy_nodes, models,
     wide = data.AudioEmbeds(torch.zeros(20, 10, 384), 6400, 6400)
     with pytest.raises(errors.ConfigError, match="384 wide but the UNet latentsync_unet.pt attends to 24"):
         node.execute(images=images_of(frames), **{**run, "audio_embeds": wide})
-    with pytest.raises(errors.MediaError, match="set num_frames to 12 and fps to 25 on LatentSync Audio Encode"):
+    with pytest.raises(errors.MediaError, match="set video_frames to 12 and fps to 25 on LatentSync Audio Encode"):
         node.execute(images=images_of(frames), **{**run, "short_audio": "pad"})
     with pytest.raises(errors.ConfigError, match="long_audio"):
         node.execute(images=images_of(frames), **{**run, "long_audio": "bounce"})
@@ -341,7 +342,7 @@ def test_sync_score_node_reports_the_librarys_score(comfy_nodes, models, demo_cl
                                          max_offset=2)  # fmt: skip
     assert (confidence, min_distance, best_offset) == (expected.confidence, expected.min_distance, expected.best_offset)
     assert result.ui.value.startswith(f"confidence {expected.confidence:.3f}, min distance")
-    assert np.array_equal(convert.frame_to_uint8(plot[0]), score_module.plot_offsets(expected))
+    assert np.array_equal(convert.frame_to_uint8(plot[0]), score_plot.plot_offsets(expected))
 
 
 # ----------------------------------------------------------------------------------------------------------
