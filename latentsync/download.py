@@ -47,8 +47,17 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _manual_instructions(files: tuple[RemoteFile, ...], dest: Path) -> str:
-    lines = [f"  https://huggingface.co/{f.repo_id}/blob/main/{f.filename}  ->  {dest / f.target}" for f in files]
+def download_url(remote: RemoteFile) -> str:
+    """The direct download address of ``remote`` (``/resolve/``; ``/blob/`` is the Hub's web page of the file)."""
+    return f"https://huggingface.co/{remote.repo_id}/resolve/main/{remote.filename}"
+
+
+def _target(remote: RemoteFile, dest: Path, vae_dest: Path) -> Path:
+    return (vae_dest if remote.repo_id == VAE_REPO else dest) / remote.target
+
+
+def _manual_instructions(files: tuple[RemoteFile, ...], dest: Path, vae_dest: Path) -> str:
+    lines = [f"  {download_url(f)}  ->  {_target(f, dest, vae_dest)}" for f in files]
     return "Download these files by hand and place them as shown:\n" + "\n".join(lines)
 
 
@@ -62,8 +71,12 @@ def _verify(path: Path, expected_size: int | None, expected_sha256: str | None) 
         raise LatentSyncError(f"{path} does not match the Hub's sha256 {expected_sha256}; delete it and run again.")
 
 
-def download_release(version: str, dest: str | os.PathLike) -> list[Path]:
-    """Fetch the LatentSync ``version`` ("1.5" or "1.6") files and the SD VAE into ``dest``; skip verified files.
+def download_release(
+    version: str, dest: str | os.PathLike, vae_dest: str | os.PathLike | None = None
+) -> list[Path]:
+    """Fetch the LatentSync ``version`` ("1.5" or "1.6") files into ``dest`` and the SD VAE (``sd-vae-ft-mse/``)
+    into ``vae_dest`` (default: ``dest``, the command line's layout; ComfyUI's is ``models/latentsync`` and
+    ``models/vae``); skip verified files.
 
     Raises:
         LatentSyncError: unknown version, no ``huggingface_hub``, no network, or a size/hash mismatch.
@@ -71,12 +84,13 @@ def download_release(version: str, dest: str | os.PathLike) -> list[Path]:
     if version not in RELEASES:
         raise LatentSyncError(f"Unknown LatentSync version {version!r}; choose one of {', '.join(RELEASES)}.")
     files, dest = RELEASES[version], Path(dest)
+    vae_dest = dest if vae_dest is None else Path(vae_dest)
     try:
         from huggingface_hub import HfApi, hf_hub_download
     except ImportError as error:
         raise LatentSyncError(
             "The download helper needs huggingface_hub (pip install huggingface_hub). "
-            + _manual_instructions(files, dest)
+            + _manual_instructions(files, dest, vae_dest)
         ) from error
 
     api, written = HfApi(), []
@@ -85,7 +99,7 @@ def download_release(version: str, dest: str | os.PathLike) -> list[Path]:
             (info,) = api.get_paths_info(remote.repo_id, [remote.filename])
             lfs = getattr(info, "lfs", None)
             size, sha256 = getattr(info, "size", None), (lfs.sha256 if lfs is not None else None)
-            target = dest / remote.target
+            target = _target(remote, dest, vae_dest)
             if target.is_file():
                 try:
                     _verify(target, size, sha256)
@@ -105,6 +119,6 @@ def download_release(version: str, dest: str | os.PathLike) -> list[Path]:
     except Exception as error:  # network and Hub errors come in many types across huggingface_hub versions
         raise LatentSyncError(
             f"Could not download from the Hugging Face Hub ({type(error).__name__}: {error}). "
-            + _manual_instructions(files, dest)
+            + _manual_instructions(files, dest, vae_dest)
         ) from error
     return written

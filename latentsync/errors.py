@@ -7,8 +7,9 @@ commands).
 
 from __future__ import annotations
 
-import argparse
+import signal
 import sys
+from collections.abc import Callable
 
 
 class LatentSyncError(Exception):
@@ -35,17 +36,50 @@ class Cancelled(LatentSyncError):
     """A run was stopped by its ``cancel`` callback; nothing was written."""
 
 
-def exit_with_status(args: argparse.Namespace) -> None:
-    """Run ``args.run(args)`` and exit: its code (0 if None), 1 on a `LatentSyncError` (one line, or the traceback
-    with ``args.debug``), 130 on Ctrl-C. Shared by ``python -m latentsync`` and ``python -m train``."""
+class Terminated(BaseException):
+    """SIGTERM arrived. A `BaseException`, like `KeyboardInterrupt`, so that it unwinds the run through every
+    ``finally`` and context manager (which remove partial outputs) and no ``except Exception`` swallows it."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated
+
+
+# A missing module of an optional part -> the command that installs it (run from the clone's root).
+INSTALL_HINTS = {
+    "torch": "bash scripts/install.sh (or pip install torch into this Python)",
+    "accelerate": "bash scripts/install.sh --train (or pip install -r requirements-train.txt)",
+    "peft": "bash scripts/install.sh --train (or pip install -r requirements-train.txt)",
+    "tensorboard": "bash scripts/install.sh --train (or pip install -r requirements-train.txt)",
+    "scenedetect": "bash scripts/install.sh --train (or pip install -r requirements-train.txt)",
+    "deepspeed": 'bash scripts/install.sh --train (or DS_BUILD_OPS=0 pip install --no-build-isolation "deepspeed>=0.15")',
+    "onnxruntime": "pip install onnxruntime (the insightface detector's runtime)",
+}
+
+
+def exit_with_status(run: Callable[[], int | None], debug: bool = False) -> None:
+    """Call ``run()`` and exit: its code (0 if None); 1 on a `LatentSyncError` or a missing dependency of
+    `INSTALL_HINTS` (one line, or the traceback with ``debug``); 130 on Ctrl-C; 143 on SIGTERM. Shared by
+    ``python -m latentsync`` and ``python -m train``; put the imports and the argument parsing inside ``run`` so an
+    interrupt during start-up is answered the same way."""
+    signal.signal(signal.SIGTERM, _terminate)
     try:
-        code = args.run(args)
+        code = run()
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr)
         raise SystemExit(130) from None
+    except Terminated:
+        print("Terminated.", file=sys.stderr)
+        raise SystemExit(143) from None
     except LatentSyncError as error:
-        if args.debug:
+        if debug:
             raise
         print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except ModuleNotFoundError as error:
+        module = (error.name or "").partition(".")[0]
+        if debug or module not in INSTALL_HINTS:
+            raise
+        print(f"error: the Python package {module!r} is not installed; run: {INSTALL_HINTS[module]}", file=sys.stderr)
         raise SystemExit(1) from None
     raise SystemExit(code or 0)

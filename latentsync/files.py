@@ -73,8 +73,7 @@ def save_png(image: np.ndarray, path: str | os.PathLike) -> Path:
     path = Path(path)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise MediaError(f"save_png needs an (h, w, 3) uint8 RGB image, got {image.shape} {image.dtype}.")
-    if not path.parent.is_dir():
-        raise MediaError(f"Output folder {path.parent} does not exist; create it first.")
+    check_writable(path)
     ok, encoded = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
     if not ok:
         raise MediaError(f"OpenCV could not encode the {image.shape} image as PNG.")
@@ -83,14 +82,46 @@ def save_png(image: np.ndarray, path: str | os.PathLike) -> Path:
             temporary.write_bytes(encoded.tobytes())
     except OSError as error:
         raise MediaError(f"Cannot write {path} ({error}).") from error
+
+
+@contextlib.contextmanager
+def output_folder(folder: str | os.PathLike) -> Iterator[Path]:
+    """Create ``folder`` and its missing parents for a run's output; when the block fails (an error, a cancel, an
+    interrupt), remove again the folders it created, deepest first, as long as they are empty."""
+    folder = Path(folder)
+    created = [path for path in (folder, *folder.parents) if not path.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield folder
+    except BaseException:
+        for path in created:
+            try:
+                path.rmdir()
+            except OSError:  # not empty (something else wrote there meanwhile) or already gone
+                break
+        raise
+
+
+def check_writable(path: str | os.PathLike) -> Path:
+    """``path`` as a `Path`, once it is known that a file can be written there: its folder exists and is writable
+    and ``path`` is not a folder. For outputs written at the end of a long job, checked before the job starts.
+
+    Raises:
+        MediaError: saying which and what to do.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise MediaError(f"Output folder {path.parent} does not exist; create it first.")
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise MediaError(f"The output folder {path.parent} is not writable; choose another output path.")
+    if path.is_dir():
+        raise MediaError(f"The output {path} is a folder; give a file name such as {path / path.name}.")
     return path
 
 
 def save_json(data: dict, path: str | os.PathLike) -> Path:
     """Write ``data`` as indented JSON (values JSON cannot hold as their ``str``), temporary file then rename."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise MediaError(f"Output folder {path.parent} does not exist; create it first.")
+    path = check_writable(path)
     try:
         with atomic_write(path) as temporary:
             temporary.write_text(json.dumps(data, indent=2, default=str) + "\n")

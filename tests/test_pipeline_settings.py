@@ -103,6 +103,10 @@ def test_resolution_sidecar_wins(tmp_path):
     unet.with_suffix(".json").write_text(json.dumps({"resolution": 384}))
     with pytest.raises(CheckpointError, match="must hold"):
         infer_resolution(unet)
+    for not_an_object in ("[512]", '"1.6"', "512", "null"):
+        unet.with_suffix(".json").write_text(not_an_object)
+        with pytest.raises(CheckpointError, match="must hold a JSON object"):
+            infer_resolution(unet)
 
 
 def test_missing_models_are_named_with_where_and_how(tmp_path, monkeypatch):

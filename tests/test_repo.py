@@ -4,6 +4,7 @@ torchvision/torchaudio."""
 from __future__ import annotations
 
 import ast
+import os
 import re
 import subprocess
 import sys
@@ -31,6 +32,29 @@ def test_ci_runs_the_readme_test_command():
     ci_lines = [line for line in (REPO_ROOT / ".ci" / "run").read_text().splitlines() if "pytest" in line]
     assert len(ci_lines) == 1, ci_lines
     assert ci_lines[0].strip() in readme, "README must show exactly the test command that .ci/run executes"
+
+
+def test_readme_main_command_needs_nothing_beside_the_clone(tmp_path):
+    """Command 1 makes its own input (`make-demo-clip`) instead of reading files a user's clone does not have; its
+    steps after the install run here as written, from a folder holding nothing else."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    command = next(line for line in readme.splitlines() if line.startswith("bash scripts/install.sh && "))
+    assert "../" not in command
+    steps = command.split(" && ")
+    assert steps[0] == "bash scripts/install.sh"
+    for step in steps[1:]:
+        arguments = step.split()
+        assert arguments[:3] == [".venv/bin/python", "-m", "latentsync"], step
+        if arguments[3] == "lipsync":
+            arguments += ["--steps", "1", "--num-frames", "5", "--threads", "1", "--quiet"]  # the mechanics, quickly
+        if arguments[3] == "make-demo-clip":
+            arguments += ["--seconds", "0.4"]
+        result = subprocess.run(
+            [sys.executable, *arguments[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=900,
+            env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"},
+        )  # fmt: skip
+        assert result.returncode == 0, (step, result.stderr)
+    assert (tmp_path / "output" / "demo_synced.mp4").is_file()
 
 
 def test_library_never_imports_comfyui_or_torchvision():

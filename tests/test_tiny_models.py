@@ -101,3 +101,22 @@ def test_download_fails_clearly_offline(tmp_path):
     assert "by hand" in result.stderr and "latentsync_unet.pt" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "models").exists(), "nothing may be left behind"
+    # direct download addresses (/resolve/), not the Hub's web pages (/blob/)
+    assert "https://huggingface.co/ByteDance/LatentSync-1.5/resolve/main/latentsync_unet.pt" in result.stderr
+    assert "/blob/" not in result.stderr
+
+
+def test_download_for_comfyui_puts_the_vae_in_models_vae(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}
+    result = subprocess.run(
+        [sys.executable, "-m", "latentsync", "download", "--comfyui", str(tmp_path / "ComfyUI")],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    models = tmp_path / "ComfyUI" / "models"
+    for line in (
+        f"/resolve/main/latentsync_unet.pt  ->  {models / 'latentsync' / 'latentsync_unet.pt'}",
+        f"/resolve/main/whisper/tiny.pt  ->  {models / 'latentsync' / 'whisper' / 'tiny.pt'}",
+        f"/resolve/main/config.json  ->  {models / 'vae' / 'sd-vae-ft-mse' / 'config.json'}",
+    ):
+        assert line in result.stderr

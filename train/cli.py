@@ -3,7 +3,8 @@
 Training runs in this process, or, with ``--num-processes N`` / ``--deepspeed PRESET`` / several machines, in
 processes started by ``accelerate launch`` with this same command line (``--print-command`` prints that line
 instead, for multi-node and SLURM jobs). `main` owns the exit codes: 0 done, 1 a configuration or data error
-(one clear line; ``--debug`` shows the traceback), 130 interrupted.
+(one clear line; ``--debug`` shows the traceback) or a missing training package (the command that installs
+it), 130 interrupted, 143 terminated.
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ import sys
 
 from latentsync.errors import exit_with_status
 
-from .config import DEEPSPEED_PRESETS, MODES, load_config
-
 logger = logging.getLogger("train")
 
 _MODE_HELP = {
@@ -31,6 +30,8 @@ _MODE_HELP = {
 
 
 def _add_training_parser(subparsers, mode: str) -> None:
+    from .config import DEEPSPEED_PRESETS
+
     parser = subparsers.add_parser(mode, help=_MODE_HELP[mode], description=_MODE_HELP[mode])
     parser.add_argument(
         "--config", default=mode,
@@ -53,6 +54,9 @@ def _add_training_parser(subparsers, mode: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # imported here, inside `exit_with_status`, so that a missing torch is a one-line hint
+    from .config import MODES
+
     parser = argparse.ArgumentParser(prog="python -m train", description="Train LatentSync models.")
     parser.add_argument("--debug", action="store_true", help="debug logs and full tracebacks")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -103,6 +107,8 @@ def _run_training(args: argparse.Namespace) -> int:
     overrides = list(args.overrides) + (["ckpt.resume=latest"] if args.resume else [])
     if args.deepspeed:
         overrides.append(f"run.deepspeed={args.deepspeed}")
+    from .config import load_config
+
     config = load_config(args.mode, args.config, overrides)
     if args.print_command or args.deepspeed or args.num_processes * args.num_machines > 1:
         command = launch_command(args, config["run"]["mixed_precision"])
@@ -125,15 +131,20 @@ def _run_training(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from .runtime import setup_logging
+    argv = sys.argv[1:] if argv is None else argv
 
-    parser = build_parser()
-    # Overrides may stand between or after options (`--config X a.b=1 --resume c.d=2`).
-    args, extra = parser.parse_known_args(argv)
-    unknown = [item for item in extra if item.startswith("-") or "=" not in item or not hasattr(args, "overrides")]
-    if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    if extra:
-        args.overrides = [*args.overrides, *extra]
-    setup_logging(args.debug)
-    exit_with_status(args)
+    def run() -> int | None:
+        from .runtime import setup_logging
+
+        parser = build_parser()
+        # Overrides may stand between or after options (`--config X a.b=1 --resume c.d=2`).
+        args, extra = parser.parse_known_args(argv)
+        unknown = [item for item in extra if item.startswith("-") or "=" not in item or not hasattr(args, "overrides")]
+        if unknown:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        if extra:
+            args.overrides = [*args.overrides, *extra]
+        setup_logging(args.debug)
+        return args.run(args)
+
+    exit_with_status(run, debug="--debug" in argv)

@@ -1,8 +1,9 @@
 """Command line: ``python -m latentsync <command> ...``.
 
 Each command lives in its own module exposing ``add_parser(subparsers)`` and ``run(args) -> int``. `main` owns the
-exit codes: 0 success, 1 a `LatentSyncError` (printed as one clear line, no traceback unless ``--debug``),
-130 on Ctrl-C.
+exit codes (`exit_with_status`): 0 success, 1 a `LatentSyncError` or a missing dependency (printed as one clear
+line, no traceback unless ``--debug``), 130 on Ctrl-C and 143 on SIGTERM (a ``kill``, ``timeout``, ``docker stop``
+or a job scheduler), both at any moment, start-up included. An interrupted run removes what it was writing.
 """
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import sys
 
 from ..errors import exit_with_status
 
 # command modules, in the order `--help` lists them
-_COMMANDS = ("lipsync", "batch", "faces", "score", "bench", "make_tiny_models", "download")
+_COMMANDS = ("lipsync", "batch", "faces", "score", "bench", "make_tiny_models", "make_demo_clip", "download")
 
 logger = logging.getLogger("latentsync")
 
@@ -34,8 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
-    exit_with_status(args)
+    argv = sys.argv[1:] if argv is None else argv
+
+    def run() -> int | None:
+        args = build_parser().parse_args(argv)
+        logging.basicConfig(
+            level=logging.DEBUG if args.debug else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+        )
+        return args.run(args)
+
+    exit_with_status(run, debug="--debug" in argv)

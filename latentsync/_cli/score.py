@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..face.detectors import DEFAULT_FACE_DETECTOR, FACE_DETECTORS, create_face_detector
-from ..files import save_json, save_png
+from ..files import check_writable, save_json, save_png
 from ..models.syncnet import load_syncnet
 from ..models.syncnet_configs import SYNCNET_CONFIGS
 from ..pipeline.models import SYNCNET_FILE
@@ -95,7 +95,12 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("latentsync").setLevel(logging.WARNING)
     apply_threads(args)
 
-    # 1. Models and face detector
+    # 1. Output files first: a bad destination should not wait for the scoring work
+    for path in (args.plot, args.json):
+        if path is not None:
+            check_writable(path)
+
+    # 2. Models and face detector
     if args.face_detector == "insightface" and args.detector_models is None:
         raise ConfigError(
             "--face-detector insightface needs --detector-models DIR: InsightFace's buffalo_l folder with "
@@ -106,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     syncnet_path = args.syncnet or args.models_dir / SYNCNET_FILE
     syncnet = load_syncnet(syncnet_path, config=args.syncnet_config, device=resolve_device(args.device))
 
-    # 2. Score
+    # 3. Score
     with tqdm(desc="scoring", unit="frame", dynamic_ncols=True, disable=args.quiet) as bar, logging_redirect_tqdm():
 
         def progress(done: int, total: int) -> None:
@@ -124,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
             progress=progress,
         )
 
-    # 3. Report
+    # 4. Report
     print(f"Confidence (LSE-C style): {score.confidence:.4f}")
     print(f"Min distance (LSE-D style): {score.min_distance:.4f}")
     print(

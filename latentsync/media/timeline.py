@@ -78,6 +78,11 @@ class Timeline:
         return self.num_output_frames / self.fps
 
     @property
+    def video_seconds_cut(self) -> Fraction:
+        """Seconds of video left out because the audio ends first ("trim"); 0 when the whole video is used."""
+        return max(self.num_video_frames - self.num_output_frames, 0) / self.fps
+
+    @property
     def revisits_source(self) -> bool:
         """Whether some output frame shows an earlier source frame again (the reader must go back or cache)."""
         return self.num_output_frames > self.num_video_frames and self.long_audio != "hold"

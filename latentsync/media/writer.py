@@ -1,5 +1,10 @@
 """Writing the result video with PyAV: H.264 (libx264, yuv420p, BT.709) plus the original audio as AAC.
 
+H.264 in 4:2:0 (yuv420p, what every player takes) stores only even sizes: its frame cropping works in steps of two
+pixels, so an odd width or height cannot be stored in 4:2:0 at all. Odd sizes are written in 4:4:4 (yuv444p, H.264
+High 4:4:4), which keeps the source's size exactly and plays in FFmpeg-based players (VLC, mpv, ComfyUI); browsers
+and QuickTime do not decode 4:4:4.
+
 The file is written under a hidden temporary name in the destination folder and renamed into place when the
 writer closes without error; on error the temporary file is deleted, so a failed run leaves nothing behind.
 Frames and audio are encoded as they arrive (audio interleaved with video), so memory does not grow with
@@ -135,9 +140,8 @@ class VideoWriter:
     """Write RGB frames to an H.264 (crf `crf`, yuv420p, BT.709) video, with an optional AAC audio track.
 
     Use as a context manager; `write_frame` takes arrays of shape (height, width, 3), uint8. The output plays
-    at exactly `fps` (a `Fraction`; pass the source's rate to keep timing). yuv420p needs even sizes: an odd
-    `width` or `height` is padded by one column or row repeating the last one, so the file is up to one
-    pixel larger (`encoded_width`, `encoded_height`).
+    at exactly `fps` (a `Fraction`; pass the source's rate to keep timing) and has exactly `width` x `height`
+    pixels: yuv420p when both are even, yuv444p when one is odd (`pixel_format`; see the module docstring).
 
     The audio (`AudioFile` or `AudioArray`) keeps its own rate and channels (a rate AAC cannot store becomes
     48 kHz) and is cut, or padded with silence, to the video's duration, frames_written / fps, to the sample.
@@ -173,7 +177,12 @@ class VideoWriter:
         folder = self.path.parent
         if not folder.is_dir():
             raise MediaError(f"Output folder {folder} does not exist (or is not a folder); create it first.")
-        self.encoded_width, self.encoded_height = self.width + self.width % 2, self.height + self.height % 2
+        self.pixel_format = "yuv420p" if self.width % 2 == 0 and self.height % 2 == 0 else "yuv444p"
+        if self.pixel_format != "yuv420p":
+            logger.info(
+                "%dx%d has an odd side, which H.264 4:2:0 cannot store: writing 4:4:4 (yuv444p) to keep the size",
+                self.width, self.height,
+            )  # fmt: skip
         self.frames_written = 0
         try:
             self.temp_path = create_temporary(self.path, tag=PARTIAL_TAG)
@@ -194,7 +203,7 @@ class VideoWriter:
         self._container = av.open(str(self.temp_path), "w", options=container_options)
         try:
             stream = self._container.add_stream(VIDEO_CODEC, rate=self.fps)
-            stream.width, stream.height, stream.pix_fmt = self.encoded_width, self.encoded_height, "yuv420p"
+            stream.width, stream.height, stream.pix_fmt = self.width, self.height, self.pixel_format
             stream.time_base = 1 / self.fps
             stream.codec_context.options = {"crf": str(crf), "preset": preset}
             context = stream.codec_context
@@ -218,11 +227,8 @@ class VideoWriter:
             raise MediaError(
                 f"write_frame expects a ({self.height}, {self.width}, 3) uint8 array, got {rgb.shape} {rgb.dtype}."
             )
-        if (self.encoded_height, self.encoded_width) != (self.height, self.width):
-            padding = ((0, self.encoded_height - self.height), (0, self.encoded_width - self.width), (0, 0))
-            rgb = np.pad(rgb, padding, mode="edge")
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-        frame = frame.reformat(format="yuv420p", dst_colorspace=BT709, dst_color_range=LIMITED_RANGE)
+        frame = frame.reformat(format=self.pixel_format, dst_colorspace=BT709, dst_color_range=LIMITED_RANGE)
         frame.pts = self.frames_written
         frame.time_base = 1 / self.fps  # the stream's own time base changes once the muxer starts
         self._container.mux(self._video.encode(frame))
@@ -266,3 +272,17 @@ class VideoWriter:
             self.close()
         else:
             self.abort()
+
+
+def write_wav(path: str | os.PathLike, samples: np.ndarray, sample_rate: int) -> Path:
+    """Write ``(channels, n)`` float samples losslessly as a 32-bit float WAV at ``sample_rate``; returns the path."""
+    path = Path(path)
+    samples = np.ascontiguousarray(np.asarray(samples, dtype=np.float32).reshape(-1, np.shape(samples)[-1]))
+    layout = DEFAULT_LAYOUTS[samples.shape[0]]
+    with av.open(str(path), "w", format="wav") as container:
+        stream = container.add_stream("pcm_f32le", rate=sample_rate, layout=layout)
+        frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout=layout)
+        frame.sample_rate = sample_rate
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    return path

@@ -83,8 +83,10 @@ class FacePreparer:
 
 
 def face_pixels(faces) -> torch.Tensor:
-    """``(f, R, R, 3)`` uint8 faces → ``(f, 3, R, R)`` float32 pixels ``(x / 255 - 0.5) / 0.5`` in ``[-1, 1]``."""
-    return signed_pixels(torch.as_tensor(np.asarray(faces)).permute(0, 3, 1, 2))
+    """``(f, R, R, 3)`` uint8 faces → ``(f, 3, R, R)`` float32 pixels ``(x / 255 - 0.5) / 0.5`` in ``[-1, 1]``,
+    contiguous as in the official code: the VAE's CPU convolutions round differently on a channels-last-strided
+    input (the posterior moved by ~3e-4)."""
+    return signed_pixels(torch.as_tensor(np.asarray(faces)).permute(0, 3, 1, 2).contiguous())
 
 
 

@@ -27,7 +27,8 @@ def check_inputs(
     video_path: os.PathLike | str, audio_path: os.PathLike | str | None, output_path: os.PathLike | str
 ) -> LipSyncInputs:
     """Check the files of a run before any model work: the video decodes, the audio (the video's own when
-    ``audio_path`` is None) has samples, and the output can be written.
+    ``audio_path`` is None) has samples, and the output can be written (its folder exists, or can be created: the
+    run creates it, `latentsync.files.output_folder`, and removes it again if the run fails).
 
     Raises:
         MediaError: saying which file is wrong and what to do.
@@ -48,15 +49,11 @@ def check_inputs(
     if output_path.suffix.lower() not in CONTAINER_SUFFIXES:
         raise MediaError(f"Cannot write {output_path.name}: the output must be one of {', '.join(CONTAINER_SUFFIXES)}.")
     folder = output_path.parent
-    if not folder.is_dir():
-        try:
-            folder.mkdir(parents=True)
-        except OSError as error:
-            raise MediaError(
-                f"Cannot create the output folder {folder} ({error}); choose another output path."
-            ) from error
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise MediaError(f"The output folder {folder} is not writable; choose another output path.")
+    existing = next(path for path in (folder, *folder.parents) if path.exists())  # created by the run if not folder
+    if not existing.is_dir():
+        raise MediaError(f"Cannot create the output folder {folder}: {existing} is a file; choose another output path.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise MediaError(f"The output folder {existing} is not writable; choose another output path.")
     if output_path.is_dir():
         raise MediaError(f"The output {output_path} is a folder; give a file name such as {output_path / 'out.mp4'}.")
     if output_path.exists() and any(output_path.samefile(path) for path in (video.path, audio_path)):

@@ -36,6 +36,7 @@ from ..face.detectors.resized import resized_detection
 from ..face.mask import MouthMask
 from ..face.restore import paste_back
 from ..face.search import FaceSearch
+from ..files import output_folder
 from ..media.audio import load_audio
 from ..media.timeline import Timeline, parse_fps, plan_timeline
 from ..media.video import SourceFrameCursor, VideoReader
@@ -329,8 +330,9 @@ class LipSyncPipeline:
         entries), and the second
         re-syncs what the plan says.
 
-        The output keeps the source's size and frame rate (or ``settings.output_fps``), is H.264 yuv420p (crf 18)
-        with the original audio as AAC, lasts as the length policy says, and appears only when complete.
+        The output keeps the source's size and frame rate (or ``settings.output_fps``), is H.264 (crf 18; yuv420p,
+        or yuv444p for odd sizes) with the original audio as AAC, lasts as the length policy says, and appears only
+        when complete.
 
         Raises:
             MediaError: unreadable input or unwritable output (nothing is written).
@@ -378,6 +380,12 @@ class LipSyncPipeline:
                 inputs.video.path, reader.width, reader.height, timeline.num_video_frames, fps,
                 report.audio_seconds, timeline.num_output_frames, timeline.long_audio, timeline.short_audio,
             )  # fmt: skip
+            if timeline.video_seconds_cut:
+                logger.warning(
+                    "the audio (%.2f s) is shorter than the video: its last %.2f s are cut (short_audio='pad' keeps "
+                    "the whole video and pads the audio with silence)",
+                    report.audio_seconds, float(timeline.video_seconds_cut),
+                )  # fmt: skip
 
             # 5. Unless one pass does: every face tracked, the plan, and the features of each voice's audio
             if not one_pass:
@@ -410,6 +418,7 @@ class LipSyncPipeline:
                     )
                 audio = AudioFile(inputs.audio_path)
                 with (
+                    output_folder(inputs.output_path.parent),
                     VideoWriter(inputs.output_path, fps, reader.width, reader.height, OUTPUT_CRF, audio) as writer,
                     self._frame_sink(writer) as write_frame,
                 ):

@@ -179,6 +179,12 @@ def _sidecar_resolution(unet_path: Path) -> tuple[int, str] | None:
         info = json.loads(sidecar.read_text())
     except (OSError, ValueError) as error:
         raise CheckpointError(f"{sidecar} is not readable JSON ({error}); fix or delete it.") from error
+    if not isinstance(info, dict):
+        info = json.dumps(info)
+        raise CheckpointError(
+            f'{sidecar} must hold a JSON object such as {{"version": "1.6"}} or {{"resolution": 512}}, got {info}; '
+            "fix or delete it."
+        )
     if info.get("resolution") in VERSION_RESOLUTIONS.values():
         return int(info["resolution"]), f"{sidecar} says resolution {info['resolution']}"
     if str(info.get("version")) in VERSION_RESOLUTIONS:

