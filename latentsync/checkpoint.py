@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,11 +64,14 @@ def _read_pickle(path: Path) -> object:
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        # torch's message is a page of advice that ends in "weights_only=False"; name only what was refused
+        found = re.search(r"GLOBAL (\S+)", str(error))
+        refused = f" (a reference to {found.group(1)})" if found else ""
         raise CheckpointError(
-            f"Refused to load {path}: it is not a plain-tensor checkpoint ({error}). "
-            "Only files loadable with torch.load(weights_only=True) are accepted, because other pickles can "
-            "run arbitrary code. Use the official checkpoint or convert the file to .safetensors."
-        ) from error
+            f"Refused to load {path}: it holds Python objects besides tensors{refused}, and only plain-tensor "
+            "checkpoints are loaded, because other pickles can run arbitrary code. Use the official checkpoint or "
+            "convert the file to .safetensors."
+        ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, LookupError) as error:
         raise CheckpointError(
             f"{path} ({_describe_size(path)}) is not a readable PyTorch checkpoint: {error}. "

@@ -16,8 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .errors import MediaError
 from .conventions import MODEL_SAMPLE_RATE
+from .errors import MediaError
 from .media.writer import AudioArray, VideoWriter, write_wav
 
 DEMO_FACE = Path(__file__).resolve().parent / "face" / "assets" / "demo_face.jpg"

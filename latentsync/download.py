@@ -71,6 +71,19 @@ def _verify(path: Path, expected_size: int | None, expected_sha256: str | None) 
         raise LatentSyncError(f"{path} does not match the Hub's sha256 {expected_sha256}; delete it and run again.")
 
 
+def _reason(error: Exception) -> str:
+    """What went wrong, in words a user can act on (not an inner error number such as "[Errno 101]")."""
+    causes = [error]
+    while len(causes) < 20 and (causes[-1].__cause__ or causes[-1].__context__) is not None:
+        causes.append(causes[-1].__cause__ or causes[-1].__context__)
+    if any(isinstance(cause, (ConnectionError, TimeoutError)) or "Connect" in type(cause).__name__ for cause in causes):
+        return "the Hub cannot be reached from this machine (no network, or a proxy or firewall in the way)"
+    status = getattr(getattr(error, "response", None), "status_code", None)
+    if status in (401, 403):
+        return f"the Hub refused access (HTTP {status}); log in with `huggingface-cli login` if the files need it"
+    return f"{type(error).__name__} (run with --debug for details)"
+
+
 def download_release(
     version: str, dest: str | os.PathLike, vae_dest: str | os.PathLike | None = None
 ) -> list[Path]:
@@ -117,8 +130,9 @@ def download_release(
     except LatentSyncError:
         raise
     except Exception as error:  # network and Hub errors come in many types across huggingface_hub versions
+        logger.debug("download failed", exc_info=True)
         raise LatentSyncError(
-            f"Could not download from the Hugging Face Hub ({type(error).__name__}: {error}). "
+            f"Could not download from the Hugging Face Hub: {_reason(error)}. "
             + _manual_instructions(files, dest, vae_dest)
         ) from error
     return written

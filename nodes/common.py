@@ -19,7 +19,7 @@ from PIL import Image
 
 from ..latentsync.pipeline.settings import DEFAULT_SETTINGS, SETTING_SPECS
 from .convert import MAX_FPS, MIN_FPS, check_video_path
-from .data import StepProgress, latentsync_file_kind, setting_input_name, setting_widget
+from .data import latentsync_file_kind, setting_input_name, setting_widget
 
 logger = logging.getLogger(__name__)
 
@@ -175,19 +175,24 @@ def check_cancel() -> bool:
 
 
 class SamplingProgress:
-    """A ComfyUI progress bar over the denoising steps of a run, previewing the newest generated face.
+    """A ComfyUI progress bar over a run's work, frames through every stage (`latentsync.pipeline.progress`),
+    previewing the newest generated face.
 
-    ``progress`` and ``cancel`` are the pipeline's callbacks; pass ``show`` as the codec's ``on_decoded``.
+    ``progress`` and ``cancel`` are the pipeline's callbacks (cancel is asked between frames and steps); pass
+    ``show`` as the codec's ``on_decoded``.
     """
 
-    def __init__(self, steps: StepProgress):
-        self.steps = steps
-        self.bar = ProgressBar(steps.total)
+    def __init__(self):
+        self.bar: ProgressBar | None = None
+        self.shown = 0
         self.preview = None
 
     def progress(self, stage: str, done: int, total: int) -> None:
-        if stage == "denoise":
-            self.bar.update_absolute(self.steps.step(), preview=self.preview)
+        if self.bar is None:
+            self.bar = ProgressBar(max(total, 1))
+        if done - self.shown >= max(1, total // 500) or done == total:  # each update is a message to the browser
+            self.shown = done
+            self.bar.update_absolute(done, preview=self.preview)
 
     cancel = staticmethod(check_cancel)
 
@@ -197,7 +202,8 @@ class SamplingProgress:
         self.preview = ("JPEG", Image.fromarray(np.ascontiguousarray(face)), args.preview_size)
 
     def finish(self) -> None:
-        self.bar.update_absolute(self.steps.total, preview=self.preview)
+        if self.bar is not None:
+            self.bar.update_absolute(self.bar.total, preview=self.preview)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..latentsync.conventions import MODEL_FPS, MODEL_SAMPLE_RATE
+from ..latentsync.conventions import MODEL_SAMPLE_RATE
 from ..latentsync.errors import MediaError
 from ..latentsync.face.align import FaceAligner, crop_size
 from ..latentsync.face.detectors import FaceDetector, FaceFilter
@@ -312,23 +312,7 @@ class PreparedFacesReplay:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Progress and model files
-
-
-class StepProgress:
-    """Denoising steps of a run, for one progress bar of ``windows * steps`` units.
-
-    The window count is estimated as if every model frame had a face (gaps add windows, faceless clips have
-    fewer); ``step()`` never passes ``total``.
-    """
-
-    def __init__(self, num_model_frames: int, window: int, steps: int):
-        self.total = max(1, math.ceil(num_model_frames / window) * steps)
-        self.done = 0
-
-    def step(self) -> int:
-        self.done = min(self.total, self.done + 1)
-        return self.done
+# Run notices and model files
 
 
 def run_notices(timeline: Timeline, num_generated: int) -> list[str]:
@@ -351,9 +335,6 @@ def run_notices(timeline: Timeline, num_generated: int) -> list[str]:
     return notices
 
 
-def num_model_frames(num_output_frames: int, fps: Fraction) -> int:
-    """25 fps model frames behind ``num_output_frames`` frames at ``fps``."""
-    return math.ceil(num_output_frames * MODEL_FPS / Fraction(fps))
 
 
 def latentsync_file_kind(name: str) -> str | None:

@@ -28,8 +28,7 @@ from comfy_execution.graph_utils import GraphBuilder
 
 from ..latentsync.errors import ConfigError, MediaError
 from ..latentsync.face.detectors import FaceDetector, FaceFilter
-from ..latentsync.media.audio import probe_audio
-from ..latentsync.media.timeline import Timeline, plan_timeline
+from ..latentsync.media.timeline import plan_timeline
 from ..latentsync.media.video import probe_video
 from ..latentsync.pipeline.report import LipSyncReport
 from ..latentsync.pipeline.settings import AUTO, LipSyncSettings
@@ -67,9 +66,7 @@ from .data import (
     AudioEmbeds,
     LatentSyncModel,
     PreparedFaces,
-    StepProgress,
     face_index_setting,
-    num_model_frames,
     run_notices,
     setting_fields,
     setting_widget,
@@ -150,17 +147,8 @@ def lipsync_video(
                 for index, (face, voice) in enumerate(speaker_map)
             ]
 
-        # 2. Progress over the denoising steps the clip will take (estimated from the headers)
-        timeline = plan_timeline(
-            info.num_frames_estimate,
-            probe_audio(audio_path or video_path).duration,
-            info.fps,
-            settings.long_audio,
-            settings.short_audio,
-        )
-        progress = sampling_progress(timeline, settings)
-
-        # 3. Run
+        # 2. Run, with progress over its frames through every stage
+        progress = SamplingProgress()
         model_management.load_models_gpu([model.patcher, audio_encoder, *([syncnet] if syncnet else [])])
         codec = vae_codec(vae, keep_loaded=[model.patcher], on_decoded=progress.show)
         face_detector = face_detector.with_filter(FaceFilter.for_min_height(settings.min_face_size))
@@ -174,12 +162,6 @@ def lipsync_video(
         progress.finish()
         log_report(report)
         return io.NodeOutput(video_output(output_path), ui=show_notices(run_notices(timeline, report.num_generated)))
-
-
-def sampling_progress(timeline: Timeline, settings: LipSyncSettings) -> SamplingProgress:
-    """A progress bar over the denoising steps of ``timeline``'s model frames."""
-    model_frames = num_model_frames(timeline.num_output_frames, timeline.fps)
-    return SamplingProgress(StepProgress(model_frames, settings.num_frames, settings.num_inference_steps))
 
 
 def log_report(report: LipSyncReport) -> None:
@@ -254,7 +236,7 @@ class LatentSyncSampler(io.ComfyNode):
         audio_embeds.check_covers(timeline)
 
         # 2. Stream the frames of the timeline through the pipeline into the output batch
-        progress = sampling_progress(timeline, settings)
+        progress = SamplingProgress()
         codec = vae_codec(vae, keep_loaded=[model.patcher], on_decoded=progress.show)
         from ..latentsync.pipeline.lipsync import LipSyncPipeline  # diffusers' scheduler: imported when a node runs
 
@@ -265,7 +247,7 @@ class LatentSyncSampler(io.ComfyNode):
         clock, report = StageClock(), LipSyncReport(fps=fps, resolution=model.resolution)
         synced = pipeline.sync_frames(
             timeline_frames, audio_embeds.features, fps, progress.progress, progress.cancel, clock, report,
-            preparer=faces.preparer(),
+            preparer=faces.preparer(), num_frames=timeline.num_output_frames,
         )  # fmt: skip
         output = torch.empty((timeline.num_output_frames, height, width, 3), dtype=torch.float32)
         for index, frame in enumerate(synced):

@@ -157,7 +157,6 @@ def test_odd_sizes_and_short_audio(tmp_path, tiny_models_dir, demo_clip):
     assert result.returncode == 0, result.stderr
     video = probe_video(output)
     assert (video.width, video.height) == (161, 121)
-    assert video.num_frames_estimate == 20  # the audio (2 s) outlasts the clip (0.8 s): nothing is cut here
 
     short_audio = tmp_path / "short.mp4"
     write_demo_clip(short_audio, seconds=0.4)
@@ -166,5 +165,5 @@ def test_odd_sizes_and_short_audio(tmp_path, tiny_models_dir, demo_clip):
         "--steps", "1", "--num-frames", "5", "--threads", "1",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    cut = re.search(r"WARNING .*audio .* shorter than the video: its last ([0-9.]+) s are cut", result.stderr)
-    assert cut and float(cut.group(1)) == pytest.approx(1.6, abs=0.1), result.stderr
+    cut = re.search(r"[\r\n]WARNING .*audio .* shorter than the video: its last ([0-9.]+) s are cut\n", result.stderr)
+    assert cut and float(cut.group(1)) == pytest.approx(1.6, abs=0.1), result.stderr  # a whole line beside the bar

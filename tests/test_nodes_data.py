@@ -136,15 +136,7 @@ def test_replay_refuses_more_frames_than_prepared():
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Progress, cache, widgets
-
-
-def test_step_progress_counts_every_denoising_step_up_to_the_estimate():
-    progress = data.StepProgress(num_model_frames=40, window=16, steps=20)
-    assert progress.total == 3 * 20
-    assert [progress.step() for _ in range(61)][-2:] == [60, 60]
-    assert data.num_model_frames(30, Fraction(30)) == 25
-    assert data.num_model_frames(12, Fraction(24000, 1001)) == 13
+# Cache, widgets
 
 
 @pytest.mark.parametrize(

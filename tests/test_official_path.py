@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers.pipeline import SyntheticFaceDetector, face_frame, speech, write_clip, write_wav
+from helpers.pipeline import SyntheticFaceDetector, ZeroNoiseUNet, face_frame, speech, write_clip, write_wav
 
 from latentsync.face.align import FaceAligner
 from latentsync.pipeline.faces import FacePreparer, face_pixels
@@ -35,7 +35,7 @@ def test_landmark_filter_off_aligns_the_detectors_own_points():
 
     # the setting reaches the pipeline's preparer
     settings = LipSyncSettings(resolution=256, landmark_filter=False)
-    pipeline = LipSyncPipeline(None, None, None, detector, settings)
+    pipeline = LipSyncPipeline(ZeroNoiseUNet(), None, None, detector, settings)
     np.testing.assert_array_equal(affines(pipeline.face_preparer(), frames), official)
 
 

@@ -66,9 +66,10 @@ def test_exact_switches_keep_the_output(tiny_models):
     fast = synced(make_pipeline(tiny_models, EXACT_SWITCHES), fast_events)
     differences = [np.abs(a.astype(int) - b.astype(int)).max() for a, b in zip(exact, fast, strict=True)]
     assert max(differences) <= EXACT_FRAME_ATOL
-    # the same denoising steps are reported, window by window (a batch reports each of its windows)
-    assert sorted(fast_events) == sorted(exact_events)
-    assert len([event for event in exact_events if event[0] == "denoise"]) == 4 * 2
+    # the same work is reported (a batch reports the frames of all its windows at each step)
+    assert exact_events[-1] == fast_events[-1]
+    denoised = [(stage, done) for stage, done, _ in exact_events if stage == "denoise"]
+    assert len(denoised) == 4 * 2
 
 
 @pytest.mark.slow
@@ -134,7 +135,7 @@ def test_io_overlap_cancel_writes_nothing_and_stops_its_threads(tmp_path, tiny_m
         return len(written) >= 7
 
     def progress(stage, done, total):
-        if stage == "frames":
+        if stage == "paste":
             written.append(done)
 
     pipeline = make_pipeline(tiny_models, SpeedSettings(io_overlap=True), ZeroNoiseUNet(), num_inference_steps=1)

@@ -79,3 +79,33 @@ def test_import_is_lazy():
     code = "import sys, latentsync; print('diffusers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_install_script_passes_torch_spec_as_pip_arguments_and_installs_the_pack(tmp_path):
+    """scripts/install.sh with a recording stand-in for .venv/bin/python (no network here): TORCH_SPEC may carry an
+    index URL, torch is not imported before NumPy is installed, and the pack itself is installed (the `latentsync`
+    command)."""
+    clone = tmp_path / "clone"
+    (clone / "scripts").mkdir(parents=True)
+    for name in ("scripts/install.sh", "requirements.txt", "requirements-test.txt", "requirements-train.txt"):
+        (clone / name).write_text((REPO_ROOT / name).read_text())
+    log = tmp_path / "calls.txt"
+    python = clone / ".venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text(
+        "#!/bin/sh\n"
+        f'printf "%s|" "$@" >> {log}; echo >> {log}\n'
+        f'if [ "$1" = "-c" ]; then exec {sys.executable} "$@"; fi\n'
+    )
+    python.chmod(0o755)
+    index = "https://download.pytorch.org/whl/cu128"
+    result = subprocess.run(
+        ["bash", "scripts/install.sh"], cwd=clone, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "TORCH_SPEC": f"torch==2.13.0 --index-url {index}"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    calls = [line.rstrip("|").split("|") for line in log.read_text().splitlines()]
+    assert ["-m", "pip", "install", "--quiet", "torch==2.13.0", "--index-url", index] in calls
+    version_check = next(call for call in calls if call[0] == "-c")
+    assert "import torch" not in version_check[1]  # reading the version must not import torch (NumPy warning)
+    assert ["-m", "pip", "install", "--quiet", "--no-deps", "--editable", "."] in calls

@@ -104,6 +104,8 @@ def test_download_fails_clearly_offline(tmp_path):
     # direct download addresses (/resolve/), not the Hub's web pages (/blob/)
     assert "https://huggingface.co/ByteDance/LatentSync-1.5/resolve/main/latentsync_unet.pt" in result.stderr
     assert "/blob/" not in result.stderr
+    # the reason in words, not an inner error number
+    assert "cannot be reached from this machine" in result.stderr and "Errno" not in result.stderr
 
 
 def test_download_for_comfyui_puts_the_vae_in_models_vae(tmp_path):

@@ -129,21 +129,26 @@ def sources_from_args(args: argparse.Namespace) -> ModelSources:
 
 
 class _ProgressBar:
-    """A tqdm bar over output frames, with the denoising step of the current window as postfix."""
+    """A tqdm bar over the run's work, frames through every stage (`latentsync.pipeline.progress`): the running
+    stage as its label, the total from the first event, and an ETA from the average rate since the start (work
+    arrives in windows, so a recent-rate ETA would swing)."""
 
     def __init__(self):
         from tqdm import tqdm
 
-        self.bar = tqdm(unit="frame", desc="lip sync", dynamic_ncols=True)
+        self.bar = tqdm(
+            desc="lip sync: reading", dynamic_ncols=True, smoothing=0,
+            bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]",
+        )  # fmt: skip
+        self.stage = None
 
     def __call__(self, stage: str, done: int, total: int) -> None:
-        if stage == "frames":
+        if self.bar.total is None and total:
             self.bar.total = total
-            self.bar.update(done - self.bar.n)
-        elif stage == "denoise":
-            self.bar.set_postfix_str(f"denoising step {done}/{total}", refresh=False)
-        elif stage == "audio" and done < total:
-            self.bar.set_postfix_str("reading audio")
+        if stage != self.stage:
+            self.stage = stage
+            self.bar.set_description_str(f"lip sync: {stage}", refresh=False)
+        self.bar.update(done - self.bar.n)  # refreshes the display (label included) at most every 0.1 s
 
     def close(self) -> None:
         self.bar.close()

@@ -160,7 +160,7 @@ def describe_unet_checkpoint(state_dict: Mapping[str, torch.Tensor]) -> str:
         f"layers_per_block {config['layers_per_block']}, in_channels {config['in_channels']}, cross_attention_dim "
         f"{config['cross_attention_dim']} and {motion}"
         + (f", i.e. the {' / '.join(named)} config" if named else "")
-        + '. Load it with config="auto" or the matching config.'
+        + "."
     )
 
 

@@ -30,7 +30,7 @@ import torch
 
 from ..audio.chunks import feature_window
 from ..conventions import MODEL_FPS, MODEL_SAMPLE_RATE, VAE_SCALE_FACTOR
-from ..errors import Cancelled, MediaError
+from ..errors import MediaError
 from ..face.detectors import FaceDetector, FaceFilter, create_face_detector
 from ..face.detectors.resized import resized_detection
 from ..face.mask import MouthMask
@@ -48,6 +48,7 @@ from .faces import FacePreparer, face_pixels, replay_faces
 from .inputs import check_inputs
 from .models import DEFAULT_RESOLUTION
 from .plan import PlannedFaces, SourceIndexTap, analyse_faces, check_every_frame_has_a_face
+from .progress import CancelCallback, ProgressCallback, WorkCounter
 from .report import LipSyncReport
 from .settings import DEFAULT_SETTINGS, LipSyncSettings
 from .speed import EXACT, SpeedSettings
@@ -62,12 +63,6 @@ logger = logging.getLogger(__name__)
 IO_QUEUE_FRAMES = 8
 # Decoded source frames kept for replaying the clip (loop, pingpong); a backward walk decodes blocks this big.
 REVISIT_CACHE_BYTES = 64 * 2**20
-
-ProgressCallback = Callable[[str, int, int], None]
-"""``progress(stage, done, total)``; stages ``"audio"``, ``"frames"`` (output frames written) and ``"denoise"``
-(steps of the current window)."""
-CancelCallback = Callable[[], bool]
-"""``cancel()`` returns True to stop; it is asked before every output frame and after every denoising step."""
 
 
 class LipSyncPipeline:
@@ -149,8 +144,7 @@ class LipSyncPipeline:
         windows: Sequence[tuple[np.ndarray | torch.Tensor, torch.Tensor]],
         noise: torch.Tensor,
         generator: torch.Generator,
-        progress: ProgressCallback | None = None,
-        cancel: CancelCallback | None = None,
+        counter: WorkCounter | None = None,
         clock: StageClock | None = None,
     ) -> list[torch.Tensor]:
         """Generate windows of aligned faces with `WindowGenerator` (VAE encode, DDIM, VAE decode).
@@ -160,13 +154,14 @@ class LipSyncPipeline:
                 ``(f, 50, d)`` audio features of the same frames (`audio_window`).
             noise: ``(1, 4, 1, R/8, R/8)`` initial noise (`initial_noise`), repeated over the frames.
             generator: CPU generator for the VAE samples.
+            counter: counts the frames through VAE encode, every step and VAE decode, and asks cancel.
 
         Returns:
             ``(f, 3, R, R)`` float32 CPU decoded faces in about ``[-1, 1]`` per window, the whole face (see
             `blend_mouth`).
 
         Raises:
-            Cancelled: when ``cancel()`` turns True between two steps.
+            Cancelled: when the counter's ``cancel()`` turns True (between frames or steps).
         """
 
         def pixels(faces, audio) -> WindowPixels:
@@ -174,11 +169,15 @@ class LipSyncPipeline:
             return WindowPixels(self.mask.mask_image(reference).float(), reference, audio)
 
         def on_step(step: int, num_steps: int, latents: torch.Tensor) -> None:
-            if progress is not None:
-                for _ in range(latents.shape[0]):  # one step of every window in the batch
-                    progress("denoise", step + 1, num_steps)
-            if cancel is not None and cancel():
-                raise Cancelled("lip sync was cancelled")
+            if counter is not None:
+                counter.advance(latents.shape[0] * latents.shape[2], "denoise")  # (windows, c, f, h, w)
+
+        def on_frames(stage: str, num_frames: int) -> None:
+            if counter is not None:
+                counter.advance(num_frames, stage)
+
+        if counter is not None:
+            counter.start("vae_encode")
 
         generated = self.windows.generate(
             (pixels(faces, audio) for faces, audio in windows),
@@ -189,6 +188,7 @@ class LipSyncPipeline:
             guidance_scale=self.settings.guidance_scale,
             clock=clock,
             callback=on_step,
+            on_frames=on_frames,
         )
         return [window.faces for window in generated]
 
@@ -223,6 +223,7 @@ class LipSyncPipeline:
         report: LipSyncReport | None = None,
         preparer: FacePreparer | None = None,
         no_face: str | None = None,
+        num_frames: int | None = None,
     ) -> Iterator[np.ndarray]:
         """Lip-sync a stream of frames.
 
@@ -236,6 +237,10 @@ class LipSyncPipeline:
                 anything with `FacePreparer`'s ``prepare`` and ``align``, e.g. faces prepared earlier (the ComfyUI
                 sampler replays those of LatentSync Face Prepare).
             no_face: overrides ``settings.no_face`` (`sync_plan` checks for faces itself).
+            progress: ``progress(stage, done, total)`` in frames through every stage (`latentsync.pipeline.progress`);
+                ``total`` is known when ``num_frames`` is given.
+            cancel: asked after every unit of work; True stops the stream with `Cancelled`.
+            num_frames: how many frames ``frames`` holds, if known.
 
         Yields:
             output frames ``(h, w, 3)`` uint8, in order, one per input frame.
@@ -244,9 +249,9 @@ class LipSyncPipeline:
             NoFaceError: a frame without a face under ``no_face="error"``.
             Cancelled: ``cancel()`` turned True.
         """
-        clock = clock or StageClock()
-        report = report or LipSyncReport()
-        stream = SyncStream(self, features, parse_fps(fps), progress, cancel, clock, report, no_face)
+        fps, clock = parse_fps(fps), clock or StageClock()
+        counter = WorkCounter(progress, cancel, num_frames, fps, self.settings.num_inference_steps)
+        stream = SyncStream(self, features, fps, counter, clock, report or LipSyncReport(), no_face)
         preparer = preparer if preparer is not None else self.face_preparer(fps)
         for frame, face in replay_faces(preparer, frames, clock):
             yield from stream.push(frame, face)
@@ -262,6 +267,7 @@ class LipSyncPipeline:
         cancel: CancelCallback | None = None,
         clock: StageClock | None = None,
         report: LipSyncReport | None = None,
+        num_frames: int | None = None,
     ) -> Iterator[np.ndarray]:
         """Lip-sync every (face, voice) of ``plan``: the frames go through one `sync_frames` stage per voice, chained.
 
@@ -269,6 +275,7 @@ class LipSyncPipeline:
             frames: as `sync_frames`; source frame numbers are the tracks' frame numbers.
             plan: the voices (`latentsync.speaker.SyncPlan`); faces and frames it does not cover are not touched.
             features: Whisper features per voice audio (``None``: the run's audio), as `sync_frames` takes them.
+            progress, cancel, num_frames: as `sync_frames`; the work of every voice's stage adds up to one total.
 
         Yields:
             output frames ``(h, w, 3)`` uint8, in order, one per input frame.
@@ -277,13 +284,23 @@ class LipSyncPipeline:
         report = report or LipSyncReport()
         stream: Iterable[tuple[int, np.ndarray]] = frames
         stage_reports = []
-        for voice in plan.voices:
+        done = [0] * len(plan.voices)  # units done per voice's stage; each stage has the same total
+
+        def stage_progress(index: int) -> ProgressCallback | None:
+            def report_sum(stage: str, stage_done: int, stage_total: int) -> None:
+                done[index] = stage_done
+                progress(stage, sum(done), stage_total * len(plan.voices))
+
+            return None if progress is None else report_sum
+
+        for index, voice in enumerate(plan.voices):
             tap = SourceIndexTap(stream)
             stage_reports.append(LipSyncReport())
             preparer = PlannedFaces([voice], self.resolution)
             synced = self.sync_frames(
-                tap, features[voice.audio], fps, progress, cancel, clock, stage_reports[-1], preparer, "passthrough"
-            )
+                tap, features[voice.audio], fps, stage_progress(index), cancel, clock, stage_reports[-1], preparer,
+                "passthrough", num_frames,
+            )  # fmt: skip
             stream = tap.pair(synced)
         covered = plan.frames_with_a_face(max((len(voice.frames) for voice in plan.voices), default=0))
         for source_index, frame in stream:
@@ -350,8 +367,6 @@ class LipSyncPipeline:
         # 2. Audio at 16 kHz; the whole clip's length is known now
         with clock.section("audio"):
             waveform = load_audio(inputs.audio_path, MODEL_SAMPLE_RATE)
-        if progress is not None:
-            progress("audio", 0, 1)
 
         with VideoReader(inputs.video.path) as reader:
             # 3. Timeline: output frames at the output rate, fitted to the audio
@@ -364,11 +379,12 @@ class LipSyncPipeline:
                 self.settings.short_audio,
             )
             # 4. Whisper features, with silence after the audio when the policy keeps more video than audio
+            if one_pass:  # the total, now (a plan's total is known once its voices are)
+                steps = self.settings.num_inference_steps
+                WorkCounter(progress, cancel, timeline.num_output_frames, fps, steps).start("audio")
             with clock.section("audio"):
                 pad = timeline.num_audio_samples(MODEL_SAMPLE_RATE) - len(waveform)
                 features = self.prepare_audio(np.pad(waveform, (0, max(pad, 0))))
-            if progress is not None:
-                progress("audio", 1, 1)
             report = LipSyncReport(
                 output_path=inputs.output_path,
                 fps=fps,
@@ -411,24 +427,23 @@ class LipSyncPipeline:
             with closing(prefetch(decoded, IO_QUEUE_FRAMES) if self.speed.io_overlap else decoded) as decoded:
                 frames = clock.iterate(decoded, "decode")
                 if one_pass:
-                    synced = self.sync_frames(frames, features, fps, progress, cancel, clock, report)
+                    synced = self.sync_frames(
+                        frames, features, fps, progress, cancel, clock, report, num_frames=timeline.num_output_frames
+                    )
                 else:
                     synced = self.sync_plan(
-                        frames, analysis.plan, voice_features, fps, progress, cancel, clock, report
-                    )
+                        frames, analysis.plan, voice_features, fps, progress, cancel, clock, report,
+                        num_frames=timeline.num_output_frames,
+                    )  # fmt: skip
                 audio = AudioFile(inputs.audio_path)
                 with (
                     output_folder(inputs.output_path.parent),
                     VideoWriter(inputs.output_path, fps, reader.width, reader.height, OUTPUT_CRF, audio) as writer,
                     self._frame_sink(writer) as write_frame,
                 ):
-                    for written, frame in enumerate(synced, start=1):
+                    for frame in synced:
                         with clock.section("encode"):
                             write_frame(frame)
-                        if progress is not None:
-                            progress("frames", written, timeline.num_output_frames)
-                        if cancel is not None and cancel():
-                            raise Cancelled("lip sync was cancelled")
             # 7. Finished: the writer has renamed the file into place
 
         report.stage_seconds = dict(clock.seconds)

@@ -26,6 +26,7 @@ import torch
 from ..conventions import MODEL_FPS
 from ..errors import NoFaceError
 from .faces import PreparedFace
+from .progress import WorkCounter
 from .report import LipSyncReport
 from .settings import LipSyncSettings
 from .threads import one_torch_thread
@@ -74,8 +75,7 @@ class SyncStream:
         pipeline: LipSyncPipeline,
         features: torch.Tensor,
         fps: Fraction,
-        progress,
-        cancel,
+        counter: WorkCounter,
         clock: StageClock,
         report: LipSyncReport,
         no_face: str | None = None,
@@ -84,8 +84,7 @@ class SyncStream:
         self.settings: LipSyncSettings = pipeline.settings
         self.features = features
         self.fps = fps
-        self.progress = progress
-        self.cancel = cancel
+        self.counter = counter
         self.clock = clock
         self.report = report
         self.no_face = no_face or self.settings.no_face
@@ -107,6 +106,9 @@ class SyncStream:
         if face is None and self.no_face == "error":
             raise no_face_error(index, self.fps)
         self.pending.append(_PendingFrame(index, frame, face))
+        self.counter.advance(1, "detect")
+        if face is None:
+            self.counter.skip_model_frames(len(model_frames_of(index, self.fps)))
         for model_frame in model_frames_of(index, self.fps):
             self.report.num_model_frames += 1
             if face is None:
@@ -144,9 +146,7 @@ class SyncStream:
             (faces, self.pipeline.audio_window(self.features, start, len(faces)))
             for start, faces in self.closed_windows
         ]
-        decoded = self.pipeline.denoise_windows(
-            windows, self.noise, self.generator, self.progress, self.cancel, self.clock
-        )
+        decoded = self.pipeline.denoise_windows(windows, self.noise, self.generator, self.counter, self.clock)
         for (start, faces), window in zip(self.closed_windows, decoded):
             for offset, face in enumerate(window):
                 self.decoded[start + offset] = face
@@ -171,6 +171,7 @@ class SyncStream:
                     face = self.pipeline.blend_mouth(decoded[None], pending.face.face[None])[0]
                     output = self.pipeline.paste(pending.frame, face, pending.face.affine)
             self.report.num_frames += 1
+            self.counter.advance(1, "paste")
             yield output
         oldest_shown = model_frame_shown(self.pending[0].index if self.pending else self.num_input, self.fps)
         for model_frame in [key for key in self.decoded if key < oldest_shown]:

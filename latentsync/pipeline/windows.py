@@ -136,6 +136,7 @@ class WindowGenerator:
         guidance_scale: float,
         clock: StageClock | None = None,
         callback: StepCallback | None = None,
+        on_frames: Callable[[str, int], None] | None = None,
     ) -> list[GeneratedWindow]:
         """VAE-encode the masked and then the reference faces of each window in turn (posterior samples from
         ``generator`` in that order), denoise ``speed.window_batch`` windows per UNet batch from ``noise``, and
@@ -149,6 +150,8 @@ class WindowGenerator:
             clock: times the stages ``vae_encode``, ``denoise`` and ``vae_decode``.
             callback: `sample_ddim`'s ``callback(step_index, num_steps, latents)`` after every step of every UNet
                 batch; it may raise to cancel.
+            on_frames: ``on_frames(stage, num_frames)`` after each window's ``"vae_encode"`` and ``"vae_decode"``
+                (progress); it may raise to cancel.
 
         Returns:
             `GeneratedWindow` per window, in order.
@@ -164,6 +167,8 @@ class WindowGenerator:
             with clock.section("vae_encode"):
                 masked_latents = encode_in_batches(self.vae, window.masked, generator, self.vae_batch)
                 ref_latents = encode_in_batches(self.vae, window.reference, generator, self.vae_batch)
+            if on_frames is not None:
+                on_frames("vae_encode", num_frames)
             inputs.append(
                 WindowInputs(
                     latents=noise.repeat(1, 1, num_frames, 1, 1).to(device, dtype),
@@ -188,6 +193,11 @@ class WindowGenerator:
             )
 
         # 3. Back to pixels
-        latents = [window[0].permute(1, 0, 2, 3) for window in denoised]
-        with clock.section("vae_decode"):
-            return [GeneratedWindow(frames, decode_in_batches(self.vae, frames, self.vae_batch)) for frames in latents]
+        generated = []
+        for window in denoised:
+            latents = window[0].permute(1, 0, 2, 3)
+            with clock.section("vae_decode"):
+                generated.append(GeneratedWindow(latents, decode_in_batches(self.vae, latents, self.vae_batch)))
+            if on_frames is not None:
+                on_frames("vae_decode", latents.shape[0])
+        return generated
