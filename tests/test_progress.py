@@ -14,11 +14,14 @@ from latentsync.pipeline.settings import LipSyncSettings
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-SETTINGS = LipSyncSettings(resolution=256, num_inference_steps=3, guidance_scale=1.0, num_frames=5)
+# speaker "largest": the one-pass path, whose total is known before the whisper features are made
+SETTINGS = LipSyncSettings(
+    resolution=256, num_inference_steps=3, guidance_scale=1.0, num_frames=5, speaker="largest"
+)
 
 
-def pipeline(models) -> LipSyncPipeline:
-    return LipSyncPipeline(ZeroNoiseUNet(), models.whisper, models.vae, SyntheticFaceDetector(), SETTINGS)
+def pipeline(models, settings: LipSyncSettings = SETTINGS) -> LipSyncPipeline:
+    return LipSyncPipeline(ZeroNoiseUNet(), models.whisper, models.vae, SyntheticFaceDetector(), settings)
 
 
 @pytest.fixture
@@ -44,6 +47,16 @@ def test_the_run_reports_every_stage_against_a_total_known_from_the_start(tmp_pa
     # frame by frame in every stage: more events than frames, not one per window
     assert sum(stage == "paste" for stage, _, _ in events) == 16
     assert sum(stage == "denoise" for stage, _, _ in events) == 3 * report.num_windows
+
+
+def test_a_speaker_plan_reports_one_total_over_its_voices(tmp_path, tiny_models, clip):
+    """speaker "auto" without a SyncNet tracks every face first, then syncs the plan's voice(s) in chained stages."""
+    events = []
+    run = pipeline(tiny_models, SETTINGS.replace(speaker="auto"))
+    run.run(*clip, tmp_path / "out.mp4", progress=lambda *event: events.append(event))
+    assert len({total for _, _, total in events}) == 1 and events[0][2] > 0
+    done = [done for _, done, _ in events]
+    assert done == sorted(done) and done[-1] == events[-1][2]
 
 
 def test_cancel_is_asked_between_frames_before_any_model_work(tmp_path, tiny_models, clip):
