@@ -82,6 +82,7 @@ def save_png(image: np.ndarray, path: str | os.PathLike) -> Path:
             temporary.write_bytes(encoded.tobytes())
     except OSError as error:
         raise MediaError(f"Cannot write {path} ({error}).") from error
+    return path
 
 
 @contextlib.contextmanager
