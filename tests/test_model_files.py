@@ -21,7 +21,7 @@ from latentsync.models.syncnet import HISTORY_KEYS, StableSyncNet, load_syncnet,
 from latentsync.models.unet import UNet3DConditionModel
 from latentsync.models.unet_configs import get_unet_config
 from latentsync.models.unet_loading import load_unet, save_unet
-from latentsync.models.vae import TINY_VAE_CONFIG, load_vae, save_vae_folder
+from latentsync.models.vae import TINY_VAE_CONFIG, load_vae
 
 WHISPER_DIMS = {
     "n_mels": 80, "n_audio_ctx": 1500, "n_audio_state": 24, "n_audio_head": 4, "n_audio_layer": 4,
@@ -70,6 +70,12 @@ def _tiny_vae():
     return AutoencoderKL(**TINY_VAE_CONFIG)
 
 
+def _save_vae_folder(model, path: Path) -> Path:
+    """A diffusers VAE folder, as diffusers itself writes it."""
+    model.save_pretrained(path)
+    return path
+
+
 MODEL_FILES = {
     "unet": ModelFile(
         make=lambda: UNet3DConditionModel.from_config(get_unet_config("tiny")),
@@ -97,7 +103,7 @@ MODEL_FILES = {
     ),
     "vae": ModelFile(
         make=_tiny_vae,
-        save=lambda model, path: save_vae_folder(model, path),
+        save=_save_vae_folder,
         load=load_vae,
         weights=lambda model: model.state_dict(),
         suffixes=("",),
