@@ -161,7 +161,8 @@ def lipsync_video(
         report = pipeline.run(video_path, audio_path, output_path, progress.progress, progress.cancel, voices)
         progress.finish()
         log_report(report)
-        return io.NodeOutput(video_output(output_path), ui=show_notices(run_notices(timeline, report.num_generated)))
+        notices = run_notices(report.timeline, report.num_generated)
+        return io.NodeOutput(video_output(output_path), ui=show_notices(notices))
 
 
 def log_report(report: LipSyncReport) -> None:

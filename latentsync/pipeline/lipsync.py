@@ -390,6 +390,7 @@ class LipSyncPipeline:
                 fps=fps,
                 resolution=self.resolution,
                 audio_seconds=len(waveform) / MODEL_SAMPLE_RATE,
+                timeline=timeline,
             )
             logger.info(
                 "%s: %dx%d, %d frames at %s fps; audio %.2f s -> %d output frames (%s / %s)",

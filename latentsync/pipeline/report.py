@@ -7,6 +7,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from ..conventions import MODEL_FPS
+from ..media.timeline import Timeline
 from .models import DEFAULT_RESOLUTION
 
 
@@ -20,6 +21,7 @@ class LipSyncReport:
         num_model_frames: 25 fps frames of the output timeline; ``num_generated`` of them had a face and were
             generated, in ``num_windows`` windows.
         frames_without_face: output frames passed through unchanged (no face in them or in their model frame).
+        timeline: how the output's frames map to the video's and the audio (`plan_timeline`), once planned.
         stage_seconds: wall-clock seconds per stage (``audio``, ``decode``, ``detect``, ``align``, ``vae_encode``,
             ``denoise``, ``vae_decode``, ``paste``, ``encode``).
     """
@@ -33,6 +35,7 @@ class LipSyncReport:
     num_generated: int = 0
     num_windows: int = 0
     frames_without_face: int = 0
+    timeline: Timeline | None = None
     stage_seconds: dict[str, float] = field(default_factory=dict)
     wall_seconds: float = 0.0
 
