@@ -208,9 +208,16 @@ def _ray_run_item(task: Task, item: Item, progress_queue) -> ItemResult:
 # The driver
 
 
+# Seconds between redraws of the progress line: live on a terminal; in a log file (CI, a job scheduler, `> log`),
+# where every redraw is a new line, a line every half minute.
+TERMINAL_REDRAW_SECONDS = 0.1
+LOG_REDRAW_SECONDS = 30.0
+
+
 @dataclass
 class _Progress:
-    """The driver's view: counts, rates and an ETA by weight, on one tqdm line."""
+    """The driver's view: counts, rates and an ETA by weight, on one tqdm line, redrawn at most every
+    `TERMINAL_REDRAW_SECONDS` on a terminal and every `LOG_REDRAW_SECONDS` otherwise (always when an item ends)."""
 
     label: str
     items: Sequence[Item]
@@ -227,12 +234,14 @@ class _Progress:
         self.weights = {item.key: item.weight for item in self.items}
         self.total_weight = sum(self.weights.values()) or 1.0
         self.bar = tqdm(total=len(self.items), unit="item", dynamic_ncols=True, bar_format="{desc} |{bar}|")
-        self.refresh()
+        self.redraw_seconds = TERMINAL_REDRAW_SECONDS if sys.stderr.isatty() else LOG_REDRAW_SECONDS
+        self.drawn_at = -float("inf")
+        self.refresh(force=True)
 
     def report(self, key: str, done: float, total: float) -> None:
         if total > 0:
             self.current[key] = min(1.0, done / total)
-        self.refresh()
+        self.refresh(force=False)
 
     def finish(self, result: ItemResult) -> None:
         self.current.pop(result.key, None)
@@ -240,10 +249,14 @@ class _Progress:
         self.done += result.ok
         self.failed += not result.ok
         self.bar.update(1)
-        self.refresh()
+        self.refresh(force=True)
 
-    def refresh(self) -> None:
-        elapsed = time.perf_counter() - self.start
+    def refresh(self, force: bool) -> None:
+        now = time.perf_counter()
+        if not force and now - self.drawn_at < self.redraw_seconds:
+            return
+        self.drawn_at = now
+        elapsed = now - self.start
         finished = self.done + self.failed
         weight = self.weight_done + sum(self.weights[key] * part for key, part in self.current.items())
         eta = elapsed * (self.total_weight - weight) / weight if weight > 0 else None

@@ -178,3 +178,18 @@ def test_worker_pool_keeps_the_processes_for_several_runs(serial_results):
     assert summary(first) == summary(second) == summary(serial_results)
     pids = {result.record["pid"] for result in first + second if result.ok}
     assert os.getpid() not in pids and 1 <= len(pids) <= 2  # the second run used the first run's processes
+
+
+def report_often(payload, report):
+    """A task that reports its progress 500 times, as a long clip does frame by frame."""
+    for done in range(500):
+        report(done, 500)
+    return {}
+
+
+def test_progress_in_a_log_file_is_redrawn_per_item_not_per_report(capfd):
+    """Written to a file (not a terminal), the line is drawn at the start and when an item ends, not for each of
+    the 1000 reports: a 20-hour data preparation would otherwise fill its log with redraws."""
+    run_items(report_often, make_items([1, 2]), workers=1, label="clips")
+    redraws = capfd.readouterr().err.count("clips: ")
+    assert 3 <= redraws <= 8, redraws
