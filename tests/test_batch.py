@@ -38,7 +38,7 @@ CROP = 240  # side of the test clips
 FACES = {"demo1": (360, 480, 480), "demo2": (300, 220, 480)}
 ROWS = ("talk", "photo", "broken", "seed7")  # the jobs file's rows, in order
 GENERATED = ("talk", "photo", "seed7")
-# Decoded frames this close are the same frames encoded twice (see `assert_same_as_singles`).
+# Decoded frames this close are the same frames up to float rounding (see `assert_same_as_singles`).
 SAME_FRAMES_DB = 50
 
 
@@ -122,9 +122,13 @@ def psnr(first: np.ndarray, second: np.ndarray) -> float:
 
 
 def assert_same_as_singles(out: Path, singles: dict, names=GENERATED) -> None:
-    """Every frame of each output matches the single run's up to the H.264 encoder's own run-to-run noise: x264's
-    threaded encoder does not repeat bit for bit here (identical frames encoded twice decoded 58-68 dB apart on
-    this box), while a different seed gives about 23 dB."""
+    """Every frame of each output matches the single run's, up to float rounding that varies between processes.
+
+    Measured: most runs give the same files bit for bit (batch rows with 1 and 2 workers and single `lipsync` runs
+    hashed alike), but now and then one row (here the `seed7` row, in about one run of three) decodes 53 dB apart
+    from its single run, while a different seed gives about 23 dB. It is not the encoder (x264 wrote the same frames
+    to identical files four times over) nor the thread count (`--threads 1` and `2` gave identical files); the rest
+    is CPU float rounding not pinned down yet, so the check is "the same frames", not "the same bytes"."""
     for name in names:
         frames = decode_frames(out / f"{name}.mp4")
         assert len(frames) == len(singles[name]), name
