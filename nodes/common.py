@@ -190,9 +190,10 @@ class SamplingProgress:
     def progress(self, stage: str, done: int, total: int) -> None:
         if self.bar is None:
             self.bar = ProgressBar(max(total, 1))
-        if done - self.shown >= max(1, total // 500) or done == total:  # each update is a message to the browser
+        new_total = bool(total) and total != self.bar.total  # the lip sync after the pass over every face
+        if new_total or done - self.shown >= max(1, total // 500) or done == total:  # a message to the browser each
             self.shown = done
-            self.bar.update_absolute(done, preview=self.preview)
+            self.bar.update_absolute(done, total=max(total, 1), preview=self.preview)
 
     cancel = staticmethod(check_cancel)
 

@@ -208,11 +208,17 @@ def test_video_sampler_streams_the_video_through_the_pipeline(comfy_nodes, model
     video_from_file = comfy_nodes.stubs.modules["comfy_api.latest"].InputImpl.VideoFromFile
     node = comfy_nodes.sampler.LatentSyncVideoSampler
     arguments = (models["model"], models["vae"], models["audio_encoder"], models["face_detector"])
-    video = node.execute(*arguments, video_from_file(str(path)), **video_settings())[0]
+    video = node.execute(*arguments, video_from_file(str(path)), **video_settings(speaker="auto"))[0]
     assert isinstance(video, video_from_file)
     frames, info = decoded(video, tmp_path)
     assert (len(frames), info.width, info.height, info.fps, info.has_audio) == (24, 480, 480, 25, True)
     assert_lip_synced(frames, sources)
+    # the bar follows the pass that tracks every face (24 frames), then the lip sync on a total of its own
+    updates = [(value, total) for value, total, _ in last_progress_bar(comfy_nodes).updates]
+    tracking = [update for update in updates if update[1] == 24]
+    assert tracking[-1] == (24, 24) and updates[: len(tracking)] == tracking
+    syncing = updates[len(tracking) :]
+    assert len({total for _, total in syncing}) == 1 and syncing[-1][0] == syncing[-1][1] > 24
     assert list(comfy_nodes.stubs.temp_dir.iterdir()) == []  # the scratch folder is gone
     assert [models["model"].patcher, models["audio_encoder"]] in comfy_nodes.stubs.model_management.loaded
 

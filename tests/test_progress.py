@@ -1,4 +1,5 @@
-"""Progress that tells the truth: frames through every stage, a total known from the start, cancel between frames."""
+"""Progress that tells the truth: frames through every stage, a total known from the start, cancel between frames
+(the pass that tracks every face included)."""
 
 from __future__ import annotations
 
@@ -49,14 +50,31 @@ def test_the_run_reports_every_stage_against_a_total_known_from_the_start(tmp_pa
     assert sum(stage == "denoise" for stage, _, _ in events) == 3 * report.num_windows
 
 
-def test_a_speaker_plan_reports_one_total_over_its_voices(tmp_path, tiny_models, clip):
-    """speaker "auto" without a SyncNet tracks every face first, then syncs the plan's voice(s) in chained stages."""
+def test_a_speaker_plan_reports_the_pass_over_every_face_then_one_total_over_its_voices(tmp_path, tiny_models, clip):
+    """speaker "auto" without a SyncNet tracks every face first (stage "faces", frame by frame against the video's
+    16 frames), then syncs the plan's voice(s) in chained stages against one total."""
     events = []
     run = pipeline(tiny_models, SETTINGS.replace(speaker="auto"))
     run.run(*clip, tmp_path / "out.mp4", progress=lambda *event: events.append(event))
-    assert len({total for _, _, total in events}) == 1 and events[0][2] > 0
-    done = [done for _, done, _ in events]
-    assert done == sorted(done) and done[-1] == events[-1][2]
+    tracking = [event for event in events if event[0] == "faces"]
+    assert tracking == [("faces", done, 16) for done in range(17)] and events[: len(tracking)] == tracking
+    syncing = events[len(tracking) :]
+    assert len({total for _, _, total in syncing}) == 1 and syncing[0][2] > 16
+    done = [done for _, done, _ in syncing]
+    assert done == sorted(done) and done[-1] == syncing[-1][2]
+
+
+def test_cancel_is_asked_while_every_face_is_tracked(tmp_path, tiny_models, clip):
+    events = []
+
+    def cancel() -> bool:
+        return len(events) >= 3
+
+    run = pipeline(tiny_models, SETTINGS.replace(speaker="auto"))
+    with pytest.raises(Cancelled):
+        run.run(*clip, tmp_path / "out.mp4", progress=lambda *e: events.append(e), cancel=cancel)
+    assert events == [("faces", 0, 16), ("faces", 1, 16), ("faces", 2, 16)]
+    assert not (tmp_path / "out.mp4").exists()
 
 
 def test_cancel_is_asked_between_frames_before_any_model_work(tmp_path, tiny_models, clip):
@@ -92,5 +110,8 @@ def test_cli_bar_shows_the_stage_and_the_total_from_the_first_event():
         bar("denoise", 30, 74)
         assert bar.bar.n == 30 and "denoise" in str(bar.bar)
         assert bar.bar.smoothing == 0  # the ETA is the average rate since the start, not a recent burst
+        bar("denoise", 74, 74)
+        bar("detect", 3, 200)  # a run's lip sync after its pass over every face: a bar of its own
+        assert (bar.bar.n, bar.bar.total) == (3, 200)
     finally:
         bar.close()

@@ -130,7 +130,7 @@ def sources_from_args(args: argparse.Namespace) -> ModelSources:
 
 class _ProgressBar:
     """A tqdm bar over the run's work, frames through every stage (`latentsync.pipeline.progress`): the running
-    stage as its label, the total from the first event, and an ETA from the average rate since the start (work
+    stage as its label, the total from the first event (a new one after the pass over every face), and an ETA from the average rate since the start (work
     arrives in windows, so a recent-rate ETA would swing)."""
 
     def __init__(self):
@@ -143,8 +143,8 @@ class _ProgressBar:
         self.stage = None
 
     def __call__(self, stage: str, done: int, total: int) -> None:
-        if self.bar.total is None and total:
-            self.bar.total = total
+        if total and total != self.bar.total:  # the first event, or the lip sync after the pass over every face
+            self.bar.reset(total=total)
         if stage != self.stage:
             self.stage = stage
             self.bar.set_description_str(f"lip sync: {stage}", refresh=False)

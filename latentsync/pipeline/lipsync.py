@@ -407,9 +407,11 @@ class LipSyncPipeline:
             # 5. Unless one pass does: every face tracked, the plan, and the features of each voice's audio
             if not one_pass:
                 search = FaceSearch(self.detector)
+                tracking = WorkCounter.frames(progress, cancel, timeline.num_video_frames, "faces")
+                tracking.start("faces")
                 analysis = analyse_faces(
                     inputs.video.path, fps, search, self.settings.speaker, voices, self.syncnet,
-                    self.settings.landmark_filter, clock,
+                    self.settings.landmark_filter, clock, tracking,
                 )  # fmt: skip
                 if self.settings.no_face == "error":
                     check_every_frame_has_a_face(analysis.plan, timeline.source_indices(), fps)

@@ -43,6 +43,7 @@ from ..speaker import (
     plan_map,
 )
 from .faces import PreparedFace
+from .progress import WorkCounter
 from .stream import no_face_error
 from .threads import one_torch_thread
 from .timing import StageClock
@@ -110,6 +111,7 @@ def analyse_faces(
     syncnet=None,
     landmark_filter: bool = True,
     clock: StageClock | None = None,
+    counter: WorkCounter | None = None,
 ) -> FaceAnalysis:
     """Pass 1 over a file: track every face of ``video_path`` decoded at ``fps`` and make the plan
     (`analyse_frames`; the video's own sound, if any, is what ``speaker="auto"`` listens to)."""
@@ -123,7 +125,9 @@ def analyse_faces(
                 own_sound = load_audio(video_path, MODEL_SAMPLE_RATE)
     with VideoReader(video_path) as reader:
         frames = (frame for _, frame in reader.frames_at_fps(fps))
-        return analyse_frames(frames, fps, search, speaker, speaker_map, syncnet, own_sound, landmark_filter, clock)
+        return analyse_frames(
+            frames, fps, search, speaker, speaker_map, syncnet, own_sound, landmark_filter, clock, counter
+        )
 
 
 def analyse_frames(
@@ -136,6 +140,7 @@ def analyse_frames(
     own_sound: np.ndarray | None = None,
     landmark_filter: bool = True,
     clock: StageClock | None = None,
+    counter: WorkCounter | None = None,
 ) -> FaceAnalysis:
     """Pass 1: track every face of ``frames`` (RGB uint8, at ``fps``) and make the plan.
 
@@ -145,6 +150,10 @@ def analyse_frames(
         syncnet: the StableSyncNet of ``speaker="auto"`` (None: auto is the largest face).
         own_sound: the clip's own sound, 16 kHz mono from frame 0 (None: auto is the largest face).
         landmark_filter: smooth each track's points with a `OneEuroFilter`.
+        counter: counts each frame tracked (`WorkCounter.frames`) and asks its cancel callback.
+
+    Raises:
+        Cancelled: the counter's ``cancel()`` returned True.
     """
     clock = clock or StageClock()
     choice = parse_speaker(speaker)
@@ -157,6 +166,8 @@ def analyse_frames(
         if scorer is not None:
             with clock.section("speaker"):
                 scorer.push(frame, tracker.tracks)
+        if counter is not None:
+            counter.advance(1)
     tracks, num_frames = tracker.tracks, tracker.num_frames
     with clock.section("speaker"):
         plan = plan_speakers(tracks, num_frames, fps, choice, speaker_map, scorer, own_sound)

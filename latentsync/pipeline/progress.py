@@ -24,7 +24,9 @@ from ..errors import Cancelled
 ProgressCallback = Callable[[str, int, int], None]
 """``progress(stage, done, total)``: ``stage`` is the stage running now (``"audio"``, ``"detect"``,
 ``"vae_encode"``, ``"denoise"``, ``"vae_decode"``, ``"paste"``); ``done`` and ``total`` count the units of the
-whole run (`WorkCounter`), ``total`` is fixed from the first call (0 when the number of frames is not known)."""
+whole run (`WorkCounter`), ``total`` is fixed from the first call (0 when the number of frames is not known).
+A run that first tracks every face (a ``speaker`` other than ``largest``, or a speaker map) reports that pass before:
+stage ``"faces"``, ``done`` of ``total`` the video's frames; the lip sync's own total follows it."""
 CancelCallback = Callable[[], bool]
 """``cancel()`` returns True to stop; it is asked after every unit of work: between frames in every stage and
 after every denoising step."""
@@ -66,6 +68,16 @@ class WorkCounter:
             self.total = 2 * num_output_frames + model_units
         self.done = 0
         self.stage = "detect"
+
+    @classmethod
+    def frames(
+        cls, progress: ProgressCallback | None, cancel: CancelCallback | None, num_frames: int, stage: str
+    ) -> "WorkCounter":
+        """A counter of ``num_frames`` frames through one ``stage``, one unit each (the pass that tracks every face
+        before the lip sync)."""
+        counter = cls(progress, cancel, None, MODEL_FPS, 0)
+        counter.total, counter.stage = num_frames, stage
+        return counter
 
     def start(self, stage: str) -> None:
         """Report that ``stage`` runs now."""
