@@ -290,3 +290,21 @@ def test_help_shows_a_talking_photo_example(capsys):
     assert run_cli("batch", "--help") == 0
     text = capsys.readouterr().out
     assert "still image" in text and "portrait.jpg,greeting.wav" in text and "--gpus-per-row" in text
+
+
+@pytest.mark.parametrize("speaker", ["largest", "auto"])
+def test_a_row_reports_its_lip_sync_progress(tmp_path, inputs, tiny_models_dir, speaker):
+    """What the overall bar shows of the running row ("now talk 40%"): the lip sync's own units, rising to the
+    end (with speaker auto, not the pass over every face before it)."""
+    from latentsync.pipeline.batch import RowJob, lipsync_row
+    from latentsync.pipeline.loading import ModelSources
+    from latentsync.pipeline.settings import LipSyncSettings
+    from latentsync.pipeline.speed import EXACT
+
+    settings = LipSyncSettings(num_inference_steps=1, num_frames=5, guidance_scale=1.0, speaker=speaker)
+    job = RowJob(ModelSources(models_dir=tiny_models_dir), settings, EXACT, str(inputs / "talk.mp4"),
+                 str(inputs / "talk.wav"), str(tmp_path / "talk.mp4"))  # fmt: skip
+    reports = []
+    assert lipsync_row(job, lambda done, total: reports.append((done, total)))["frames"] == 8
+    assert len(reports) > 8 and len({total for _, total in reports}) == 1
+    assert [done for done, _ in reports] == sorted(done for done, _ in reports) and reports[-1][0] == reports[-1][1]

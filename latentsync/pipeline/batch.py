@@ -226,7 +226,7 @@ def lipsync_row(job: RowJob, report: Callable[[float, float], None]) -> dict:
     """
 
     def progress(stage: str, done: int, total: int) -> None:
-        if stage == "frames":
+        if stage != "faces":  # the lip sync's own total: most of the row's work (not the pass over every face)
             report(done, total)
 
     pipeline = load_pipeline(job.sources, job.settings, job.speed, cache=worker_cache)
