@@ -16,13 +16,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from fractions import Fraction
 from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
+from latentsync.conventions import MODEL_FPS, MODEL_SAMPLE_RATE, SAMPLES_PER_MODEL_FRAME
 from latentsync.errors import LatentSyncError, MediaError
 from latentsync.files import atomic_write
 
@@ -31,9 +31,8 @@ from .segments import balanced_pieces, face_runs
 if TYPE_CHECKING:
     from .pipeline import PipelineOptions
 
-FPS = 25
-SAMPLE_RATE = 16000
-SAMPLES_PER_FRAME = SAMPLE_RATE // FPS
+# Training clips are written at the models' rates; the frame rate as an int, for frame arithmetic.
+FPS = int(MODEL_FPS)
 # Aligned clips are encoded near-losslessly: they are training data.
 CLIP_CRF = 14
 # Frames aligned per warp call.
@@ -104,7 +103,7 @@ def write_clip(path: Path, frames: Iterable[np.ndarray], audio: np.ndarray) -> i
         raise MediaError(f"no frames to write to {path}")
     height, width = first.shape[:2]
     path.parent.mkdir(parents=True, exist_ok=True)
-    with VideoWriter(path, Fraction(FPS), width, height, CLIP_CRF, AudioArray(audio, SAMPLE_RATE)) as writer:
+    with VideoWriter(path, MODEL_FPS, width, height, CLIP_CRF, AudioArray(audio, MODEL_SAMPLE_RATE)) as writer:
         writer.write_frame(first)
         for frame in frames:
             writer.write_frame(frame)
@@ -125,7 +124,7 @@ def read_frames(path: str | Path, start: int = 0, stop: Optional[int] = None) ->
 def read_audio(path: str | Path) -> np.ndarray:
     from latentsync.media import load_audio
 
-    return load_audio(path, SAMPLE_RATE)
+    return load_audio(path, MODEL_SAMPLE_RATE)
 
 
 def count_frames(path: str | Path) -> int:
@@ -186,7 +185,8 @@ def step_resample(record: dict, folder: Path, options: "PipelineOptions", report
     target = folder / f"{record['id']}.mp4"
     num_frames = count_frames(record["path"])
     audio = read_audio(record["path"])
-    audio = np.pad(audio, (0, max(num_frames * SAMPLES_PER_FRAME - len(audio), 0)))[: num_frames * SAMPLES_PER_FRAME]
+    num_samples = num_frames * SAMPLES_PER_MODEL_FRAME
+    audio = np.pad(audio, (0, max(num_samples - len(audio), 0)))[:num_samples]
     size = stored_size(record["width"], record["height"], options.max_side)
     frames = _reporting(_shrunk(read_frames(record["path"]), size), report, num_frames)
     written = write_clip(target, frames, audio)
@@ -300,7 +300,7 @@ def step_align(record: dict, folder: Path, options: "PipelineOptions", report: R
             yield from aligner.align_batch(pixels, affines).cpu().numpy()
             report(batch_start + len(batch), stop - first)
 
-    audio = read_audio(record["path"])[first * SAMPLES_PER_FRAME : stop * SAMPLES_PER_FRAME]
+    audio = read_audio(record["path"])[first * SAMPLES_PER_MODEL_FRAME : stop * SAMPLES_PER_MODEL_FRAME]
     target = folder / f"{record['id']}.mp4"
     written = write_clip(target, aligned_frames(), audio)
     kept = {**record, "path": str(target), "frames": written, "seconds": written / FPS,
@@ -350,7 +350,7 @@ def step_sync(record: dict, folder: Path, options: "PipelineOptions", report: Re
     # offset > 0: the audio lags the video by `offset` frames; advance it (and cut the frames it no longer covers)
     num_frames = record["frames"] - abs(offset)
     first_frame = max(-offset, 0)
-    audio = audio[max(offset, 0) * SAMPLES_PER_FRAME :][: num_frames * SAMPLES_PER_FRAME]
+    audio = audio[max(offset, 0) * SAMPLES_PER_MODEL_FRAME :][: num_frames * SAMPLES_PER_MODEL_FRAME]
     target = folder / f"{record['id']}.mp4"
     written = write_clip(target, read_frames(record["path"], first_frame, first_frame + num_frames), audio)
     return StepOutcome(kept=[{**record, **numbers, "path": str(target), "frames": written, "seconds": written / FPS}])
