@@ -58,7 +58,8 @@ def make_tiny_models(dest: str | os.PathLike, seed: int = 0) -> dict[str, Path]:
     from diffusers import AutoencoderKL
 
     from .audio.whisper import random_tiny_whisper_state, save_whisper_checkpoint
-    from .models.syncnet import StableSyncNet, save_syncnet
+    from .models.syncnet import StableSyncNet
+    from .models.syncnet_loading import save_syncnet
     from .models.unet import UNet3DConditionModel
     from .models.unet_configs import get_unet_config
     from .models.unet_loading import save_unet

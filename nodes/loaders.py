@@ -24,7 +24,7 @@ from ..latentsync.errors import CheckpointError
 from ..latentsync.face.detectors import FaceDetector, create_face_detector
 from ..latentsync.face.detectors.insightface import DETECTION_MODEL_FILE, LANDMARK_MODEL_FILE
 from ..latentsync.models.lora import PEFT_WEIGHTS, check_lora_fits, read_lora
-from ..latentsync.models.syncnet import load_syncnet
+from ..latentsync.models.syncnet_loading import load_syncnet
 from ..latentsync.models.vae import load_vae
 from ..latentsync.pipeline.models import infer_resolution
 from ..latentsync.pipeline.settings import AUTO, DTYPES, SETTING_SPECS

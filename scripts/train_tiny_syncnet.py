@@ -55,7 +55,8 @@ sys.path.insert(0, str(REPOSITORY))
 
 from latentsync.face.align import resize_faces  # noqa: E402
 from latentsync.media import AudioArray, VideoReader, VideoWriter, load_audio  # noqa: E402
-from latentsync.models.syncnet import StableSyncNet, load_syncnet, save_syncnet  # noqa: E402
+from latentsync.models.syncnet import StableSyncNet  # noqa: E402
+from latentsync.models.syncnet_loading import load_syncnet, save_syncnet  # noqa: E402
 from latentsync.score import SyncScore, score_frames  # noqa: E402
 
 CONFIG = "tiny_syncnet_trained"

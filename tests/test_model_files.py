@@ -17,7 +17,8 @@ from safetensors.torch import save_file
 
 from latentsync.audio.whisper import load_whisper, random_tiny_whisper_state, save_whisper_checkpoint
 from latentsync.errors import CheckpointError
-from latentsync.models.syncnet import HISTORY_KEYS, StableSyncNet, load_syncnet, save_syncnet
+from latentsync.models.syncnet import StableSyncNet
+from latentsync.models.syncnet_loading import HISTORY_KEYS, load_syncnet, save_syncnet
 from latentsync.models.unet import UNet3DConditionModel
 from latentsync.models.unet_configs import get_unet_config
 from latentsync.models.unet_loading import load_unet, save_unet

@@ -21,7 +21,8 @@ from helpers.media import speech_like, write_audio, write_video
 from latentsync._cli import score as score_cli
 from latentsync.audio.syncnet_mel import crop_mel_window, mel_window_length, syncnet_melspectrogram
 from latentsync.errors import ConfigError, LatentSyncError, MediaError, NoFaceError
-from latentsync.models.syncnet import StableSyncNet, pack_frames, save_syncnet
+from latentsync.models.syncnet import StableSyncNet, pack_frames
+from latentsync.models.syncnet_loading import save_syncnet
 from latentsync.models.syncnet_configs import get_syncnet_config
 from latentsync.files import save_png
 from latentsync.score import (

@@ -203,7 +203,7 @@ def test_speaker_timeline_follows_the_most_confident_face_in_segments():
 def test_active_speaker_scoring_holds_a_bounded_number_of_faces(tiny_models_dir):
     from helpers.pipeline import SyntheticFaceDetector, face_frame
 
-    from latentsync.models.syncnet import load_syncnet
+    from latentsync.models.syncnet_loading import load_syncnet
     from latentsync.speaker import ActiveSpeakerScorer
 
     scorer = ActiveSpeakerScorer(load_syncnet(tiny_models_dir / "stable_syncnet.pt"), FPS, batch_size=2)

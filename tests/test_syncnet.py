@@ -9,16 +9,8 @@ import torch
 from helpers.files import load_json, load_tensors
 
 from latentsync.errors import CheckpointError, ConfigError
-from latentsync.models.syncnet import (
-    StableSyncNet,
-    cosine_loss,
-    infer_syncnet_config,
-    load_syncnet,
-    pack_frames,
-    save_syncnet,
-    sync_distance,
-    sync_similarity,
-)
+from latentsync.models.syncnet import StableSyncNet, cosine_loss, pack_frames, sync_distance, sync_similarity
+from latentsync.models.syncnet_loading import infer_syncnet_config, load_syncnet, save_syncnet
 from latentsync.models.syncnet_configs import SYNCNET_CONFIGS, get_syncnet_config
 
 ATOL = 1e-5  # fixture README §0: SyncNet embeddings and loss

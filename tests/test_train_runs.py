@@ -160,7 +160,7 @@ def test_lora_export_loads_and_changes_the_output(workdir):
 
 
 def test_syncnet_training(workdir):
-    from latentsync.models.syncnet import load_syncnet
+    from latentsync.models.syncnet_loading import load_syncnet
 
     export = _train("syncnet", "tiny_syncnet", "run.output_dir=runs/syncnet", "validation.every_n_steps=2")
     settings = load_config("syncnet", "tiny_syncnet")["model"]["syncnet_config"]
@@ -218,8 +218,6 @@ def test_missing_loss_weights_are_a_clear_error(workdir):
 @pytest.fixture(scope="module")
 def validation_clip(assets_dir, workdir) -> Path:
     """1.6 s of demo1 (a 480 x 480 crop around the face) with its audio: enough for the sync score's offsets."""
-    from helpers.media import write_audio
-
     from latentsync.media import AudioArray, VideoReader, VideoWriter, load_audio
 
     with VideoReader(assets_dir / "demo1_video.mp4") as reader:

@@ -17,15 +17,8 @@ from torch import nn
 
 from latentsync.checkpoint import load_state_dict_strict, read_checkpoint
 from latentsync.errors import ConfigError
-from latentsync.models.syncnet import (
-    SYNC_THRESHOLD,
-    StableSyncNet,
-    cosine_loss,
-    load_syncnet,
-    pack_frames,
-    save_syncnet,
-    sync_similarity,
-)
+from latentsync.models.syncnet import SYNC_THRESHOLD, StableSyncNet, cosine_loss, pack_frames, sync_similarity
+from latentsync.models.syncnet_loading import load_syncnet, save_syncnet
 from latentsync.models.syncnet_configs import get_syncnet_config
 
 from .checkpoints import CheckpointManager, TrainingProgress, copy_model_file, remove_temporary, resolve_resume

@@ -198,7 +198,7 @@ def _optional_loss(config: Config, weight_key: str, paths: list[str], what: str)
 
 
 def load_frozen_models(config: Config, unet: UNet3DConditionModel, device, dtype: torch.dtype) -> FrozenModels:
-    from latentsync.models.syncnet import load_syncnet
+    from latentsync.models.syncnet_loading import load_syncnet
     from latentsync.models.syncnet_configs import get_syncnet_config
     from latentsync.models.vae import load_vae
 

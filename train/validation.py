@@ -101,7 +101,7 @@ class Validator:
             logger.info("No validation clips (data.val_video_path, data.val_fileslist): validation logs images only.")
 
     def _load_syncnet(self):
-        from latentsync.models.syncnet import load_syncnet
+        from latentsync.models.syncnet_loading import load_syncnet
 
         path = self.validation["syncnet"] or self.config["model"]["syncnet"]
         if not path:

@@ -10,7 +10,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..face.detectors import DEFAULT_FACE_DETECTOR, FACE_DETECTORS, create_face_detector
 from ..files import check_writable, save_json, save_png
-from ..models.syncnet import load_syncnet
+from ..models.syncnet_loading import load_syncnet
 from ..models.syncnet_configs import SYNCNET_CONFIGS
 from ..pipeline.models import SYNCNET_FILE
 from ..score import DEFAULT_BATCH_SIZE, DEFAULT_MAX_OFFSET, score_video

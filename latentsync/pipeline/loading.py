@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from ..errors import ConfigError
 from ..face.detectors import FaceDetector, FaceFilter, create_face_detector
 from ..models.lora import load_lora_into
-from ..models.syncnet import load_syncnet
+from ..models.syncnet_loading import load_syncnet
 from .lipsync import LipSyncPipeline
 from .models import SYNCNET_FILE, LipSyncModels, load_models
 from .settings import LipSyncSettings, resolve_device, resolve_dtype

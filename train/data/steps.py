@@ -312,7 +312,7 @@ def step_align(record: dict, folder: Path, options: "PipelineOptions", report: R
 
 
 def _syncnet(options: "PipelineOptions"):
-    from latentsync.models.syncnet import load_syncnet
+    from latentsync.models.syncnet_loading import load_syncnet
     from latentsync.parallel import worker_cache, worker_device
 
     return worker_cache(f"syncnet:{options.syncnet}", lambda: load_syncnet(options.syncnet, device=worker_device()))

@@ -44,7 +44,8 @@ def synthetic_clip(path: Path, num_frames: int, seed: int, size: int = TINY_RESO
 
 def make_tiny_assets(folder: str | Path, num_clips: int = 2, num_frames: int = 50, seed: int = 0) -> dict[str, Path]:
     """Write the tiny models and clips into ``folder``; returns their paths by role."""
-    from latentsync.models.syncnet import StableSyncNet, save_syncnet
+    from latentsync.models.syncnet import StableSyncNet
+    from latentsync.models.syncnet_loading import save_syncnet
     from latentsync.tiny import make_tiny_models, randomize_parameters
 
     from ..config import load_config
