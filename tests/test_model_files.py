@@ -1,6 +1,6 @@
 """The contract every model file type keeps (UNet, SyncNet, Whisper, VAE): what is saved loads back with the same
-weights and nothing else left beside it, and a loader given another model's file refuses it with a
-`CheckpointError` that says what the file is."""
+weights and nothing else left beside it, a loader given another model's file refuses it with a `CheckpointError`
+that says what the file is, and the models training runs backward through checkpoint their gradients alike."""
 
 from __future__ import annotations
 
@@ -44,6 +44,8 @@ class ModelFile:
         weights: the state dict to compare, of a made or of a loaded model.
         suffixes: the file types `save` writes ("" for a folder).
         looks_like: what a loader of another type says this file is.
+        loss: a scalar from a small fixed input, for the gradient-checkpointing check; None for a model no
+            training runs backward through (Whisper).
     """
 
     make: Callable[[], object]
@@ -52,6 +54,7 @@ class ModelFile:
     weights: Callable[[object], dict]
     suffixes: tuple[str, ...]
     looks_like: str
+    loss: Callable[[object], torch.Tensor] | None = None
 
 
 def _save_whisper(state: dict, path: Path) -> Path:
@@ -71,6 +74,21 @@ def _tiny_vae():
     return AutoencoderKL(**TINY_VAE_CONFIG)
 
 
+def _fixed(*shape: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+
+
+def _unet_loss(unet) -> torch.Tensor:
+    config = unet.config
+    sample = _fixed(1, config.in_channels, 2, 8, 8)
+    return unet(sample, torch.tensor([700]), _fixed(1, 2, 50, config.cross_attention_dim)).square().mean()
+
+
+def _syncnet_loss(syncnet) -> torch.Tensor:
+    vision, audio = syncnet(_fixed(1, 48, 128, 256), _fixed(1, 1, 80, 52))
+    return (vision * audio).sum()
+
+
 def _save_vae_folder(model, path: Path) -> Path:
     """A diffusers VAE folder, as diffusers itself writes it."""
     model.save_pretrained(path)
@@ -85,6 +103,7 @@ MODEL_FILES = {
         weights=lambda model: model.state_dict(),
         suffixes=(".pt", ".safetensors"),
         looks_like="UNet",
+        loss=_unet_loss,
     ),
     "syncnet": ModelFile(
         make=lambda: StableSyncNet.from_config("syncnet_tiny").eval(),
@@ -93,6 +112,7 @@ MODEL_FILES = {
         weights=lambda model: model.state_dict(),
         suffixes=(".pt", ".safetensors"),
         looks_like="SyncNet",
+        loss=_syncnet_loss,
     ),
     "whisper": ModelFile(
         make=lambda: random_tiny_whisper_state(WHISPER_DIMS, seed=11),
@@ -109,6 +129,7 @@ MODEL_FILES = {
         weights=lambda model: model.state_dict(),
         suffixes=("",),
         looks_like="VAE",
+        loss=lambda vae: vae(_fixed(1, 3, 32, 32)).sample.square().mean(),
     ),
 }
 # (loader, file type) pairs whose error names what the file is; the other loaders only say it does not fit.
@@ -143,6 +164,33 @@ def test_saved_model_loads_back_with_the_same_weights(tmp_path, kind, suffix):
     for key, tensor in expected.items():
         assert torch.equal(got[key], tensor), key
     assert not getattr(loaded, "training", False)  # loaders give eval-mode models
+
+
+@pytest.mark.parametrize("kind", [kind for kind, spec in MODEL_FILES.items() if spec.loss is not None])
+def test_gradient_checkpointing_keeps_the_gradients_and_stores_less(kind):
+    """``enable_gradient_checkpointing()`` / ``disable_gradient_checkpointing()`` on every model training runs
+    backward through: the same gradients, with fewer tensors kept for the backward pass (so it is really on)."""
+    spec = MODEL_FILES[kind]
+    torch.manual_seed(0)
+    model = spec.make().train()
+
+    def backward() -> tuple[dict, int]:
+        saved = []
+        model.zero_grad(set_to_none=True)
+        with torch.autograd.graph.saved_tensors_hooks(lambda tensor: saved.append(1) or tensor, lambda tensor: tensor):
+            loss = spec.loss(model)
+        loss.backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}, len(saved)
+
+    plain, plain_saved = backward()
+    model.enable_gradient_checkpointing()
+    checkpointed, checkpointed_saved = backward()
+    assert checkpointed_saved < plain_saved / 2, (checkpointed_saved, plain_saved)
+    assert plain.keys() == checkpointed.keys() and plain
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], atol=1e-6, rtol=1e-5, msg=name)
+    model.disable_gradient_checkpointing()
+    assert backward()[1] == plain_saved
 
 
 @pytest.mark.parametrize("loader, kind", FOREIGN)

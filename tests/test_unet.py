@@ -236,16 +236,10 @@ def test_low_precision_is_finite_and_close_to_float32(fixtures_dir, fixture_unet
     torch.testing.assert_close(out.float(), reference, atol=LOW_PRECISION_ATOL[dtype], rtol=0)
 
 
-def test_gradient_checkpointing_gives_the_same_gradients(fixtures_dir):
+def test_gradient_checkpointing_recomputes_resnets_transformers_and_motion_modules(fixtures_dir):
+    """Which blocks are checkpointed (the same gradients and the memory saved: tests/test_model_files.py)."""
     unet = load_unet(fixtures_dir / "unet_tiny" / "latentsync_unet_tiny.pt").train()
     sample, audio = small_inputs(frames=2, size=8)
-
-    def gradients():
-        unet.zero_grad(set_to_none=True)
-        unet(sample, torch.tensor([700]), audio).square().mean().backward()
-        return {name: p.grad.clone() for name, p in unet.named_parameters()}
-
-    plain = gradients()
     calls = []
 
     def counting_checkpoint(module, *args):
@@ -253,13 +247,5 @@ def test_gradient_checkpointing_gives_the_same_gradients(fixtures_dir):
         return torch.utils.checkpoint.checkpoint(module, *args, use_reentrant=False)
 
     unet.enable_gradient_checkpointing(counting_checkpoint)
-    checkpointed = gradients()
+    unet(sample, torch.tensor([700]), audio).square().mean().backward()
     assert {"ResnetBlock3D", "Transformer3DModel", "VanillaTemporalModule"} <= set(calls)
-    assert plain.keys() == checkpointed.keys()
-    for name in plain:
-        torch.testing.assert_close(checkpointed[name], plain[name], atol=1e-6, rtol=1e-5, msg=name)
-
-    unet.disable_gradient_checkpointing()
-    calls.clear()
-    gradients()
-    assert not calls

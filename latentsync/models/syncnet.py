@@ -331,10 +331,15 @@ class StableSyncNet(nn.Module):
         """Length ``C`` of both embeddings (the last ``block_out_channels``; 2048 for the official model)."""
         return self.audio_encoder.config.block_out_channels[-1]
 
-    def enable_gradient_checkpointing(self, enabled: bool = True) -> None:
+    def enable_gradient_checkpointing(self) -> None:
         """Recompute each encoder block in the backward pass (UNet training runs a frozen SyncNet this way)."""
         for name in ENCODER_NAMES:
-            getattr(self, name).gradient_checkpointing = enabled
+            getattr(self, name).gradient_checkpointing = True
+
+    def disable_gradient_checkpointing(self) -> None:
+        """Keep activations again (the default)."""
+        for name in ENCODER_NAMES:
+            getattr(self, name).gradient_checkpointing = False
 
     def forward(
         self, image_sequences: torch.Tensor, audio_sequences: torch.Tensor
