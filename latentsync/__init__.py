@@ -27,7 +27,7 @@ _EXPORTS = {
     "load_whisper": ".audio.whisper",
     "feature_chunks": ".audio.chunks",
     "audio_window": ".audio.chunks",
-    "load_syncnet": ".models.syncnet",
+    "load_syncnet": ".models.syncnet_loading",
     "StableSyncNet": ".models.syncnet",
     "load_vae": ".models.vae",
     "create_scheduler": ".pipeline.ddim",
