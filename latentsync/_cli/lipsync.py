@@ -130,8 +130,8 @@ def sources_from_args(args: argparse.Namespace) -> ModelSources:
 
 class _ProgressBar:
     """A tqdm bar over the run's work, frames through every stage (`latentsync.pipeline.progress`): the running
-    stage as its label, the total from the first event (a new one after the pass over every face), and an ETA from the average rate since the start (work
-    arrives in windows, so a recent-rate ETA would swing)."""
+    stage as its label, the total from the first event (a new one after the pass over every face), and an ETA
+    from the average rate since the start (work arrives in windows, so a recent-rate ETA would swing)."""
 
     def __init__(self):
         from tqdm import tqdm

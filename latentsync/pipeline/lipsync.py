@@ -407,7 +407,7 @@ class LipSyncPipeline:
             # 5. Unless one pass does: every face tracked, the plan, and the features of each voice's audio
             if not one_pass:
                 search = FaceSearch(self.detector)
-                tracking = WorkCounter.frames(progress, cancel, timeline.num_video_frames, "faces")
+                tracking = WorkCounter.frames(progress, cancel, timeline.num_video_frames)
                 tracking.start("faces")
                 analysis = analyse_faces(
                     inputs.video.path, fps, search, self.settings.speaker, voices, self.syncnet,

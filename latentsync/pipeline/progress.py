@@ -70,13 +70,11 @@ class WorkCounter:
         self.stage = "detect"
 
     @classmethod
-    def frames(
-        cls, progress: ProgressCallback | None, cancel: CancelCallback | None, num_frames: int, stage: str
-    ) -> "WorkCounter":
-        """A counter of ``num_frames`` frames through one ``stage``, one unit each (the pass that tracks every face
-        before the lip sync)."""
+    def frames(cls, progress: ProgressCallback | None, cancel: CancelCallback | None, num_frames: int) -> "WorkCounter":
+        """A counter of ``num_frames`` frames through one stage (named by `start`), one unit each: the pass that
+        tracks every face before the lip sync."""
         counter = cls(progress, cancel, None, MODEL_FPS, 0)
-        counter.total, counter.stage = num_frames, stage
+        counter.total = num_frames
         return counter
 
     def start(self, stage: str) -> None:
