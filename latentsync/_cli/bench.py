@@ -74,8 +74,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from .. import bench
     from ..pipeline.settings import resolve_device
 
