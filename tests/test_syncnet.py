@@ -189,10 +189,7 @@ def test_from_config_accepts_name_yaml_dict_and_model_section():
 
 @pytest.mark.parametrize("name", sorted(SYNCNET_CONFIGS))
 def test_infer_config_reproduces_every_config(name):
-    if name == "syncnet_tiny_trained":  # strides of no official config: its files are loaded with config=NAME
-        with pytest.raises(ConfigError, match="Pass config="):
-            infer_syncnet_config(_meta_model(name).state_dict())
-        return
+    """Official configs and the pack's own (syncnet_tiny_trained down-samples in blocks no official config does)."""
     assert infer_syncnet_config(_meta_model(name).state_dict()) == SYNCNET_CONFIGS[name]["model"]
 
 
@@ -214,9 +211,13 @@ def _ambiguous_config() -> dict:
     return config
 
 
-def test_ambiguous_downsample_factors_ask_for_a_config():
-    with pytest.raises(ConfigError, match="Pass config="):
+def test_ambiguous_or_unknown_downsample_factors_ask_for_a_config():
+    with pytest.raises(ConfigError, match="differ in them. Pass config="):
         infer_syncnet_config(_meta_model(_ambiguous_config()).state_dict())
+    unknown = get_syncnet_config("syncnet_tiny")["model"]
+    unknown["audio_encoder"].update(block_out_channels=[32, 32, 64], downsample_factors=[2, 1, 2], attn_blocks=[0] * 3)
+    with pytest.raises(ConfigError, match="no known SyncNet config has 3 blocks down-sampling at \\[0, 2\\]"):
+        infer_syncnet_config(_meta_model(unknown).state_dict())
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from ..checkpoint import Checkpoint, load_state_dict_strict, read_checkpoint, sa
 from ..errors import CheckpointError, ConfigError
 from .identify import CHECKPOINT_KINDS, SYNCNET, UNKNOWN, identify_checkpoint
 from .syncnet import ENCODER_NAMES, StableSyncNet
-from .syncnet_configs import OFFICIAL_SYNCNET_CONFIGS, SYNCNET_CONFIGS
+from .syncnet_configs import OFFICIAL_SYNCNET_CONFIGS, SYNCNET_CONFIGS, get_syncnet_config
 
 # Entries of the official training container besides `state_dict` and `global_step`.
 HISTORY_KEYS = ("train_step_list", "train_loss_list", "val_step_list", "val_loss_list")
@@ -63,28 +63,33 @@ def _encoder_layout(state_dict: Mapping[str, torch.Tensor], prefix: str) -> dict
 
 
 def _downsample_factors(layout: dict, encoder_name: str) -> list:
-    """Strides are not stored in the weights: take them from the official encoders with the same layout,
-    preferring the same channels, then the same input channels."""
-    same_pattern = []
-    for config_name in OFFICIAL_SYNCNET_CONFIGS:
-        official = SYNCNET_CONFIGS[config_name]["model"][encoder_name]
-        if [f != 1 for f in official["downsample_factors"]] == layout["downsamples"]:
-            same_pattern.append(official)
-    tiers = (
-        [o for o in same_pattern if o["block_out_channels"] == layout["block_out_channels"]],
-        [o for o in same_pattern if o["in_channels"] == layout["in_channels"]],
-        same_pattern,
-    )
-    for candidates in tiers:
-        choices = {json.dumps(o["downsample_factors"]) for o in candidates}
+    """Strides are not stored in the weights: take them from the official encoders that down-sample in the same
+    blocks, preferring the same channels, then the same input channels; when no official encoder does, from the
+    pack's own configs (`SYNCNET_CONFIGS`, e.g. the tiny SyncNet trained for the tests)."""
+    pack_configs = [name for name in SYNCNET_CONFIGS if name not in OFFICIAL_SYNCNET_CONFIGS]
+    blocks = [i for i, downsamples in enumerate(layout["downsamples"]) if downsamples]
+    for config_names in (OFFICIAL_SYNCNET_CONFIGS, pack_configs):
+        encoders = [SYNCNET_CONFIGS[name]["model"][encoder_name] for name in config_names]
+        same_pattern = [e for e in encoders if [f != 1 for f in e["downsample_factors"]] == layout["downsamples"]]
+        if not same_pattern:
+            continue
+        tiers = (
+            [e for e in same_pattern if e["block_out_channels"] == layout["block_out_channels"]],
+            [e for e in same_pattern if e["in_channels"] == layout["in_channels"]],
+            same_pattern,
+        )
+        choices = next({json.dumps(e["downsample_factors"]) for e in tier} for tier in tiers if tier)
         if len(choices) == 1:
             return json.loads(choices.pop())
-        if len(choices) > 1:
-            break
+        raise ConfigError(
+            f"Cannot infer the {encoder_name} downsample_factors: strides are not stored in the weights and SyncNet "
+            f"configs with {len(blocks)} blocks down-sampling at {blocks} differ in them. Pass config= (the YAML it "
+            "was trained with)."
+        )
     raise ConfigError(
-        f"Cannot infer the {encoder_name} downsample_factors: strides are not stored in the weights and no single "
-        f"official SyncNet config has {len(layout['downsamples'])} blocks down-sampling at "
-        f"{[i for i, d in enumerate(layout['downsamples']) if d]}. Pass config= (the YAML it was trained with)."
+        f"Cannot infer the {encoder_name} downsample_factors: strides are not stored in the weights and no known "
+        f"SyncNet config has {len(layout['downsamples'])} blocks down-sampling at {blocks}. Pass config= (the YAML "
+        "it was trained with)."
     )
 
 
@@ -126,6 +131,15 @@ def _config_from_metadata(checkpoint: Checkpoint) -> dict | None:
         ) from error
 
 
+def _with_known_data(model_section: dict) -> dict:
+    """The named config (`SYNCNET_CONFIGS`, with its ``data`` section: frames, face resolution) whose ``model``
+    section this is; else the section alone."""
+    for name, known in SYNCNET_CONFIGS.items():
+        if known["model"] == model_section:
+            return get_syncnet_config(name)
+    return model_section
+
+
 def load_syncnet(
     path: str | os.PathLike,
     config: Mapping | str | None = None,
@@ -138,7 +152,8 @@ def load_syncnet(
         path: the official ``stable_syncnet.pt`` (``{"state_dict", "global_step", ...}``), a flat state-dict
             ``.pt`` or a ``.safetensors`` file (as written by `save_syncnet`).
         config: a `SYNCNET_CONFIGS` name, a YAML dict or its ``model`` section. ``None``: the config stored in
-            the safetensors metadata, else `infer_syncnet_config` from the weights.
+            the safetensors metadata, else `infer_syncnet_config` from the weights (with the ``data`` section of the
+            named config it is, if any).
         device: where to put the model (default CPU).
         dtype: parameter dtype (default float32).
 
@@ -148,7 +163,7 @@ def load_syncnet(
     """
     checkpoint = read_checkpoint(path, container_keys=("state_dict",))
     if config is None:
-        config = _config_from_metadata(checkpoint) or infer_syncnet_config(checkpoint.state_dict)
+        config = _config_from_metadata(checkpoint) or _with_known_data(infer_syncnet_config(checkpoint.state_dict))
     with torch.device("meta"):
         model = StableSyncNet.from_config(config)
     hint = describe_foreign_state_dict(checkpoint.state_dict)
