@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -159,10 +160,18 @@ def test_lora_export_loads_and_changes_the_output(workdir):
     assert torch.equal(restored, base)
 
 
-def test_syncnet_training(workdir):
+@pytest.mark.parametrize(
+    "loss, overrides, logged",
+    [("bce", [], "val/accuracy"),
+     ("offsets", ["losses.syncnet_windows_per_clip=4", "data.augment=true"], "val/offset_accuracy")],
+)  # fmt: skip
+def test_syncnet_training(workdir, caplog, loss, overrides, logged):
     from latentsync.models.syncnet_loading import load_syncnet
 
-    export = _train("syncnet", "tiny_syncnet", "run.output_dir=runs/syncnet", "validation.every_n_steps=2")
+    with caplog.at_level(logging.INFO, logger="train"):
+        export = _train("syncnet", "tiny_syncnet", f"run.output_dir=runs/syncnet_{loss}", "validation.every_n_steps=2",
+                        f"losses.syncnet_loss={loss}", *overrides)  # fmt: skip
+    assert re.search(rf"step 2: val/loss \d+\.\d+, {logged} (0|1)\.\d+", caplog.text)
     settings = load_config("syncnet", "tiny_syncnet")["model"]["syncnet_config"]
     model = load_syncnet(export / "syncnet.pt", config=settings)
     assert all(torch.isfinite(p).all() for p in model.parameters())

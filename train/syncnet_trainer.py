@@ -1,10 +1,17 @@
-"""StableSyncNet training with the reference recipe (`scripts/train_syncnet.py`, `syncnet_16_pixel_attn.yaml`).
+"""StableSyncNet training with the reference recipe (`scripts/train_syncnet.py`, `syncnet_16_pixel_attn.yaml`), or
+with the offsets loss.
 
-A batch holds windows of ``f`` faces (``(b, f, 3, R, R)`` in ``[-1, 1]``) with the mel of the true window start and a
-label: 1 when the frames are that window, 0 when they are another window of the same clip. Frames are stacked on
-channels (``b (f c) h w``), cut to the lower half, embedded together with the mel, and the loss is
-``BCE(cos(v, a), y)``. Every ``validation.every_n_steps`` the mean loss and accuracy (similarity > 0.5 means "in
-sync") over ``validation.num_samples`` validation windows are logged.
+``losses.syncnet_loss: bce`` (the reference): a batch holds windows of ``f`` faces (``(b, f, 3, R, R)`` in
+``[-1, 1]``) with the mel of the true window start and a label: 1 when the frames are that window, 0 when they are
+another window of the same clip. Frames are stacked on channels (``b (f c) h w``), cut to the lower half, embedded
+together with the mel, and the loss is ``BCE(cos(v, a), y)``. Validation logs the mean loss and the accuracy
+(similarity > 0.5 means "in sync").
+
+``losses.syncnet_loss: offsets``: a batch holds ``k`` windows of each of ``b`` clips (``(b, k, f, 3, R, R)``) with
+their mels, and the loss is `offset_contrastive_loss`. Validation logs the mean loss and the offset accuracy (the
+share of windows whose audio is most similar to their own frames among the clip's ``k``).
+
+Validation runs every ``validation.every_n_steps`` over ``validation.num_samples`` validation windows.
 """
 
 from __future__ import annotations
@@ -17,7 +24,14 @@ from torch import nn
 
 from latentsync.checkpoint import load_state_dict_strict, read_checkpoint
 from latentsync.errors import ConfigError
-from latentsync.models.syncnet import SYNC_THRESHOLD, StableSyncNet, cosine_loss, pack_frames, sync_similarity
+from latentsync.models.syncnet import (
+    SYNC_THRESHOLD,
+    StableSyncNet,
+    cosine_loss,
+    offset_contrastive_loss,
+    pack_frames,
+    sync_similarity,
+)
 from latentsync.models.syncnet_loading import load_syncnet, save_syncnet
 from latentsync.models.syncnet_configs import get_syncnet_config
 
@@ -73,34 +87,52 @@ class SyncNetFiles:
         return copy_model_file(checkpoint, self.name, export_dir, to_safetensors)
 
 
-def _batch_loss(model: nn.Module, batch: dict, lower_half: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-window losses ``(b,)`` and similarities ``(b,)``."""
-    frames = pack_frames(batch["frames"], lower_half=lower_half)
-    parameter = next(model.parameters())
-    vision, audio = model(frames.to(parameter.dtype), batch["audio_samples"].to(parameter.dtype))
-    return cosine_loss(vision, audio, batch["y"]), sync_similarity(vision, audio)
+class SyncNetObjective:
+    """The loss of a batch and what validation counts as right, for ``losses.syncnet_loss``."""
+
+    def __init__(self, losses: dict, lower_half: bool):
+        self.offsets = losses["syncnet_loss"] == "offsets"
+        self.temperature = losses["syncnet_temperature"]
+        self.lower_half = lower_half
+
+    def __call__(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-window losses ``(n,)`` and whether each window is judged right ``(n,)`` bool."""
+        frames, mel = batch["frames"], batch["audio_samples"]
+        if self.offsets:  # (b, k, ...) -> (b k, ...)
+            frames, mel = frames.flatten(0, 1), mel.flatten(0, 1)
+        parameter = next(model.parameters())
+        vision, audio = model(pack_frames(frames, lower_half=self.lower_half).to(parameter.dtype), mel.to(parameter.dtype))
+        if self.offsets:
+            num_windows = batch["frames"].shape[1]
+            losses, right = offset_contrastive_loss(
+                vision.unflatten(0, (-1, num_windows)), audio.unflatten(0, (-1, num_windows)), self.temperature
+            )
+            return losses.flatten(), right.flatten()
+        labels = batch["y"].reshape(-1)
+        predicted = sync_similarity(vision, audio) > SYNC_THRESHOLD
+        return cosine_loss(vision, audio, labels), predicted == labels.bool()
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, dataset, num_samples: int, lower_half: bool, accelerator) -> dict[str, float]:
+def evaluate(model: nn.Module, loader, dataset, num_samples: int, objective: SyncNetObjective, accelerator) -> dict[str, float]:
     """Mean loss and accuracy over at least ``num_samples`` validation windows (all processes), the same windows at
     every call: pass ``e`` over the loader draws them from ``(seed, e, index)``."""
     model.eval()
-    losses, correct, seen, epoch = [], [], 0, 0
+    losses, right, seen, epoch = [], [], 0, 0
     while seen < num_samples:
         dataset.set_epoch(epoch)
         for batch in loader:
-            loss, similarity = _batch_loss(model, batch, lower_half)
-            predicted = (similarity > SYNC_THRESHOLD).float()
-            loss, predicted, labels = accelerator.gather_for_metrics((loss, predicted, batch["y"].reshape(-1)))
-            losses.append(loss.float())
-            correct.append((predicted == labels).float())
+            loss, correct = objective(model, batch)
+            loss, correct = accelerator.gather_for_metrics((loss.float(), correct.float()))
+            losses.append(loss)
+            right.append(correct)
             seen += len(loss)
             if seen >= num_samples:
                 break
         epoch += 1
     model.train()
-    return {"val/loss": torch.cat(losses).mean().item(), "val/accuracy": torch.cat(correct).mean().item()}
+    accuracy = "val/offset_accuracy" if objective.offsets else "val/accuracy"
+    return {"val/loss": torch.cat(losses).mean().item(), accuracy: torch.cat(right).mean().item()}
 
 
 def train_syncnet(config: Config) -> Path:
@@ -109,11 +141,12 @@ def train_syncnet(config: Config) -> Path:
 
     from .data import AudioFeatureCache, SyncNetDataset, list_clips
 
-    run, data, ckpt = config["run"], config["data"], config["ckpt"]
+    run, data, ckpt, losses = config["run"], config["data"], config["ckpt"], config["losses"]
     output_dir = Path(run["output_dir"]).resolve()
     checkpoints_dir = output_dir / "checkpoints"
     settings = syncnet_settings(config)
-    lower_half = settings["data"].get("lower_half", True)
+    objective = SyncNetObjective(losses, settings["data"].get("lower_half", True))
+    windows_per_clip = losses["syncnet_windows_per_clip"] if objective.offsets else None
 
     # 1. accelerator, run folder
     accelerator = create_accelerator(config, output_dir)
@@ -136,14 +169,14 @@ def train_syncnet(config: Config) -> Path:
     # 3. data
     audio = AudioFeatureCache(Path(data["cache_dir"] or output_dir / "cache"), None, data["audio_sample_rate"])
     train_set = SyncNetDataset(list_clips(data["train_fileslist"], data["train_data_dir"]), data["num_frames"],
-                               data["resolution"], audio, seed=run["seed"])
+                               data["resolution"], audio, run["seed"], windows_per_clip, data["augment"])
     loader = torch.utils.data.DataLoader(
         train_set, batch_size=data["batch_size"], shuffle=True, num_workers=data["num_workers"], drop_last=True
     )
     val_loader = val_set = None
     if data["val_fileslist"] or data["val_data_dir"]:
         val_set = SyncNetDataset(list_clips(data["val_fileslist"], data["val_data_dir"]), data["num_frames"],
-                                 data["resolution"], audio, seed=run["seed"] + 1)
+                                 data["resolution"], audio, run["seed"] + 1, windows_per_clip)
         val_loader = torch.utils.data.DataLoader(val_set, batch_size=data["batch_size"], num_workers=data["num_workers"])
 
     # 4. optimizer, accelerate, checkpoints
@@ -164,14 +197,14 @@ def train_syncnet(config: Config) -> Path:
     every = config["validation"]["every_n_steps"]
 
     def loss_terms(model: nn.Module, batch: dict) -> dict:
-        return {"loss": _batch_loss(model, batch, lower_half)[0].mean()}
+        return {"loss": objective(model, batch)[0].mean()}
 
     def after_step(step: int, terms: dict) -> dict:
         if step % ckpt["save_ckpt_steps"] == 0:
             manager.save()
         if val_loader is None or every <= 0 or step % every:
             return {}
-        logs = evaluate(model, val_loader, val_set, config["validation"]["num_samples"], lower_half, accelerator)
+        logs = evaluate(model, val_loader, val_set, config["validation"]["num_samples"], objective, accelerator)
         logger.info("step %d: %s", step, ", ".join(f"{name} {value:.4f}" for name, value in logs.items()))
         return logs
 

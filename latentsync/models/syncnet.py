@@ -447,3 +447,30 @@ def cosine_loss(vision_embeds: torch.Tensor, audio_embeds: torch.Tensor, y: torc
         similarity = sync_similarity(vision_embeds, audio_embeds).clamp(0.0, 1.0)
         target = y.to(device=similarity.device, dtype=torch.float32).reshape(similarity.shape)
         return F.binary_cross_entropy(similarity, target, reduction="none")
+
+
+def offset_contrastive_loss(
+    vision_embeds: torch.Tensor, audio_embeds: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-window loss of windows at ``k`` starts of one clip: each window's audio must pick its own frames
+    among the clip's ``k`` windows, and each window's frames their own audio (symmetric InfoNCE over cosine
+    similarities divided by ``temperature``). The other windows differ from a window only in time, so the loss
+    rewards what tells sync from off-sync, not what tells clips apart. Computed in float32 with autocast off.
+
+    Args:
+        vision_embeds: ``(b, k, C)`` unit embeddings of ``b`` clips' ``k`` windows.
+        audio_embeds: ``(b, k, C)``.
+        temperature: divides the similarities (smaller is sharper).
+
+    Returns:
+        ``(b, k)`` losses (``.mean()`` is the training loss) and ``(b, k)`` bool: the window's audio is most
+        similar to its own frames.
+    """
+    with torch.autocast(device_type=vision_embeds.device.type, enabled=False):
+        similarity = vision_embeds.float() @ audio_embeds.float().transpose(1, 2)  # (b, k frames, k audio)
+        logits = similarity / temperature
+        own = torch.arange(logits.shape[-1], device=logits.device).expand(logits.shape[:2])
+        audio_picks = F.cross_entropy(logits.transpose(1, 2).flatten(0, 1), own.flatten(), reduction="none")
+        frames_pick = F.cross_entropy(logits.flatten(0, 1), own.flatten(), reduction="none")
+        losses = ((audio_picks + frames_pick) / 2).view(own.shape)
+        return losses, similarity.argmax(dim=1) == own

@@ -152,27 +152,79 @@ class UNetDataset(_ClipDataset):
 
 
 class SyncNetDataset(_ClipDataset):
-    """Items for SyncNet training: ``frames`` ``(f, 3, R, R)`` in ``[-1, 1]``, ``audio_samples`` the mel window
-    ``(1, 80, ceil(f * 16 / 5))`` of the true start, ``y`` ``(1,)`` 1 in sync / 0 shifted."""
+    """Items for SyncNet training.
+
+    With ``windows_per_clip`` None (the reference): ``frames`` ``(f, 3, R, R)`` in ``[-1, 1]``, ``audio_samples``
+    the mel window ``(1, 80, ceil(f * 16 / 5))`` of the true start, ``y`` ``(1,)`` 1 in sync / 0 shifted.
+    With ``windows_per_clip`` k (`offset_contrastive_loss`): ``k`` windows of one clip at distinct random starts,
+    each with its own mel: ``frames`` ``(k, f, 3, R, R)``, ``audio_samples`` ``(k, 1, 80, ceil(f * 16 / 5))``.
+
+    ``augment`` varies each window's look (`augment_faces`), never its timing.
+    """
 
     min_windows = 2
 
-    def __init__(self, clips: list[Path], num_frames: int, resolution: int, audio: AudioFeatureCache, seed: int):
+    def __init__(
+        self,
+        clips: list[Path],
+        num_frames: int,
+        resolution: int,
+        audio: AudioFeatureCache,
+        seed: int,
+        windows_per_clip: Optional[int] = None,
+        augment: bool = False,
+    ):
         super().__init__(clips, num_frames, resolution, seed)
         self.audio = audio
+        self.windows_per_clip = windows_per_clip
+        self.augment = augment
 
     def _sample(self, clip: Path, total: int, generator: np.random.Generator) -> dict:
-        start = int(generator.integers(total - self.num_frames + 1))
+        num_starts = total - self.num_frames + 1
+        mel = self.audio.mel(clip)
+        if self.windows_per_clip is not None:
+            if num_starts < self.windows_per_clip:
+                raise LatentSyncError(f"it has {num_starts} window starts, fewer than {self.windows_per_clip}")
+            starts = sorted(int(s) for s in generator.choice(num_starts, self.windows_per_clip, replace=False))
+            return {
+                "frames": torch.stack([self._pixels(window, generator)
+                                       for window in read_window_frames(clip, starts, self.num_frames, self.fps)]),
+                "audio_samples": torch.stack([crop_mel_window(mel, s, self.num_frames, self.fps) for s in starts]).float(),
+            }  # fmt: skip
+        start = int(generator.integers(num_starts))
         in_sync = bool(generator.integers(2))
         if in_sync:
             shown = start
         else:
-            others = [s for s in range(total - self.num_frames + 1) if s != start]
+            others = [s for s in range(num_starts) if s != start]
             shown = int(others[generator.integers(len(others))])
-        mel = crop_mel_window(self.audio.mel(clip), start, self.num_frames, self.fps).float()
         (frames,) = read_window_frames(clip, [shown], self.num_frames, self.fps)
         return {
-            "frames": to_pixels(frames, self.resolution),
-            "audio_samples": mel,
+            "frames": self._pixels(frames, generator),
+            "audio_samples": crop_mel_window(mel, start, self.num_frames, self.fps).float(),
             "y": torch.tensor([float(in_sync)]),
         }
+
+    def _pixels(self, frames: np.ndarray, generator: np.random.Generator) -> torch.Tensor:
+        pixels = to_pixels(frames, self.resolution)
+        return augment_faces(pixels, generator) if self.augment else pixels
+
+
+# Largest changes `augment_faces` makes: contrast and brightness (on [-1, 1] pixels), shift (share of the size).
+AUGMENT_CONTRAST = 0.15
+AUGMENT_BRIGHTNESS = 0.1
+AUGMENT_SHIFT = 0.05
+
+
+def augment_faces(pixels: torch.Tensor, generator: np.random.Generator) -> torch.Tensor:
+    """One window's faces ``(f, 3, R, R)`` in ``[-1, 1]`` with one random contrast and brightness change, a
+    horizontal flip half of the time and a shift of up to `AUGMENT_SHIFT` of the size (wrapping around), the same
+    for every frame of the window."""
+    contrast = 1.0 + AUGMENT_CONTRAST * (2.0 * generator.random() - 1.0)
+    brightness = AUGMENT_BRIGHTNESS * (2.0 * generator.random() - 1.0)
+    pixels = pixels * contrast + brightness
+    if generator.random() < 0.5:
+        pixels = pixels.flip(-1)
+    limit = round(AUGMENT_SHIFT * pixels.shape[-1])
+    dy, dx = (int(d) for d in generator.integers(-limit, limit + 1, size=2))
+    return torch.roll(pixels, (dy, dx), (-2, -1)).clamp(-1.0, 1.0)
