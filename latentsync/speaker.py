@@ -314,9 +314,10 @@ def speaker_timeline(
 ) -> np.ndarray:
     """``(num_frames,)`` int: the speaking track per 25 fps frame (-1 where nobody was scored).
 
-    A frame's confidence per track is the mean over the windows covering it; the track with the highest speaks.
-    Frames no window covers take the nearest decision; segments shorter than ``min_segment_frames`` join the
-    segment before them (or after, at the start).
+    A frame's confidence per track is the mean over the windows covering the ``min_segment_frames`` frames
+    centred on it (a turn lasts at least that long, so its evidence is pooled over that span: one window's
+    confidence is noisy); the track with the highest speaks. Frames no window covers take the nearest decision;
+    segments shorter than ``min_segment_frames`` join the segment before them (or after, at the start).
     """
     ids = sorted(confidences)
     total = np.zeros((len(ids), num_frames))
@@ -325,6 +326,9 @@ def speaker_timeline(
         for start, confidence in zip(*confidences[track_id]):
             total[row, start : start + window] += confidence
             count[row, start : start + window] += 1
+    span = np.ones(max(min_segment_frames, 1))
+    total = np.stack([np.convolve(row, span, mode="same") for row in total])
+    count = np.stack([np.convolve(row, span, mode="same") for row in count])
     mean = np.where(count > 0, total / np.maximum(count, 1), -np.inf)
     speaker = np.where(np.isfinite(mean.max(axis=0, initial=-np.inf)), np.array(ids + [-1])[mean.argmax(axis=0)], -1)
     decided = np.flatnonzero(speaker >= 0)
