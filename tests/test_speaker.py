@@ -15,7 +15,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from helpers.face_scenes import two_face_scene, write_scene
+from helpers.face_scenes import speaking_in_turns, two_face_scene, write_scene
 from helpers.files import REPO_ROOT
 from helpers.pipeline import PoolingCodec, ZeroNoiseUNet, decode_frames, speech, write_wav
 
@@ -225,6 +225,35 @@ def test_auto_without_a_syncnet_or_sound_is_the_largest_face_and_says_so(scene):
     assert [v.track.track_id for v in plan.voices] == [0] and "no SyncNet" in plan.reason
     plan = plan_auto(tracks[:1], NUM_FRAMES, FPS, scorer=None, waveform=None)
     assert "one face" in plan.reason and "largest" in plan.reason
+
+
+TRAINED_SYNCNET = REPO_ROOT / "tests" / "assets" / "stable_syncnet_tiny_trained.pt"
+# The first frames of demo1 and demo2 that the trained SyncNet never saw (the last 30 % of each clip).
+HELD_OUT_STARTS = (175, 351)
+
+
+@pytest.mark.skipif(not TRAINED_SYNCNET.is_file(), reason="tests/assets/stable_syncnet_tiny_trained.pt missing")
+@pytest.mark.parametrize("speakers", [(0, 1), (1, 0), (1, 1)])
+def test_auto_picks_the_face_whose_voice_plays_and_follows_the_change(assets_dir, detector, speakers):
+    """3 s of held-out frames: one face's voice for the first half, the other's after; the SyncNet that learned
+    sync (`test_syncnet_trained.py`) tells who speaks when."""
+    from latentsync.models.syncnet_loading import load_syncnet
+    from latentsync.speaker import ActiveSpeakerScorer
+
+    num_frames = 75
+    frames, audio = speaking_in_turns(assets_dir, num_frames, speakers, starts=HELD_OUT_STARTS)
+    tracker = FaceTrackSet(FaceSearch(detector))
+    scorer = ActiveSpeakerScorer(load_syncnet(TRAINED_SYNCNET, config="syncnet_tiny_trained"), FPS)
+    for frame in frames:
+        tracker.update(frame)
+        scorer.push(frame, tracker.tracks)
+    plan = plan_auto(tracker.tracks, num_frames, FPS, scorer, audio)
+    demo = {track.track_id: int(track.at(0).box[0] > SIZE[0] / 2) for track in tracker.tracks}  # 0 left, 1 right
+    speaking = np.full(num_frames, -1)
+    for voice in plan.voices:
+        speaking[voice.frames] = demo[voice.track.track_id]
+    first, second = speaking[: num_frames // 2], speaking[num_frames // 2 :]
+    assert (first == speakers[0]).mean() > 0.75 and (second == speakers[1]).mean() > 0.75, plan.reason
 
 
 def test_cli_with_a_two_voice_map(tmp_path, tiny_models_dir, scene):

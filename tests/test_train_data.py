@@ -264,18 +264,24 @@ def test_the_text_filter_drops_a_captioned_clip_and_keeps_the_clean_one(in_proce
 # Sync filter, with the tiny StableSyncNet that learned sync on the demo clips
 
 TRAINED_SYNCNET = REPO_ROOT / "tests" / "assets" / "stable_syncnet_tiny_trained.pt"
+HELD_OUT_DEMO2 = 351  # demo2's first frame that the trained SyncNet never saw (its last 6 s)
 
 
 @pytest.fixture(scope="module")
-def aligned_demo1(excerpts, tmp_path_factory) -> dict:
-    """demo1's first 3.2 s at half size, tracked and aligned as one clip (long enough for a sync score: the window
-    plus +-15 frames)."""
+def aligned_demo2(assets_dir, tmp_path_factory) -> dict:
+    """demo2's last 6 s (held out from the trained SyncNet's training) at half size with the voice of its own lips
+    (`latentsync.demo.lip_voice`), tracked and aligned as one clip. 6 s, not less: over a 3-s clip another voice
+    like this one follows the lips at some offset within +-15 frames by chance often enough to score as high as
+    the clip's own (measured on demo1's last 3 s: 0.07-0.34 against its own 0.24)."""
+    from latentsync.demo import write_lip_voiced_clip
+    from latentsync.face.detectors import create_face_detector
     from train.data.steps import step_align, step_faces
 
+    frames, _ = _excerpt(assets_dir, "demo2", HELD_OUT_DEMO2, 151)
     folder = tmp_path_factory.mktemp("aligned")
-    frames, audio = excerpts["demo1"]
-    record = {"id": "demo1", "path": str(_write(folder / "demo1.mp4", frames, audio)), "frames": len(frames),
-              "seconds": len(frames) / 25, "scale": 1.0, "scenes": [[0, len(frames)]]}  # fmt: skip
+    path = write_lip_voiced_clip(frames, folder / "demo2.mp4", create_face_detector())
+    record = {"id": "demo2", "path": str(path), "frames": len(frames), "seconds": len(frames) / 25, "scale": 1.0,
+              "scenes": [[0, len(frames)]]}  # fmt: skip
     record = step_faces(record, folder, OPTIONS, lambda done, total: None).kept[0]
     segment = {**record, "first_frame": 0, "stop_frame": record["frames"]}
     return step_align(segment, folder, OPTIONS, lambda done, total: None).kept[0]
@@ -289,22 +295,27 @@ def _with_audio(record: dict, audio: np.ndarray, path: Path) -> dict:
 
 
 @pytest.mark.skipif(not TRAINED_SYNCNET.is_file(), reason="tests/assets/stable_syncnet_tiny_trained.pt not there")
-def test_the_sync_filter_keeps_synced_clips_and_drops_shifted_or_foreign_audio(aligned_demo1, excerpts, tmp_path):
+def test_the_sync_filter_keeps_synced_clips_and_drops_shifted_or_foreign_audio(aligned_demo2, assets_dir, tmp_path):
+    from latentsync.demo import lip_voice
+    from latentsync.face.detectors import create_face_detector
+    from latentsync.face.mouth import mouth_openings
     from train.data.steps import Dropped, read_audio, step_sync
 
     options = replace(OPTIONS, syncnet=str(TRAINED_SYNCNET))  # the default thresholds
     report = lambda done, total: None  # noqa: E731
-    kept = step_sync(aligned_demo1, tmp_path, options, report).kept[0]
+    kept = step_sync(aligned_demo2, tmp_path, options, report).kept[0]
     assert kept["sync_confidence"] >= DEFAULT_MIN_SYNC_CONFIDENCE and abs(kept["sync_offset"]) <= 1
 
-    audio = read_audio(aligned_demo1["path"])
-    delayed = _with_audio(aligned_demo1, np.concatenate([np.zeros(8 * 640, np.float32), audio[: -8 * 640]]),
+    audio = read_audio(aligned_demo2["path"])
+    delayed = _with_audio(aligned_demo2, np.concatenate([np.zeros(8 * 640, np.float32), audio[: -8 * 640]]),
                           tmp_path / "delayed.mp4")  # fmt: skip
     with pytest.raises(Dropped, match=r"sync offset.*\|[78]\| > 6"):
         step_sync(delayed, tmp_path, options, report)
     shifted = step_sync(delayed, tmp_path, replace(options, max_sync_offset=10), report).kept[0]
-    assert shifted["sync_offset"] in (7, 8) and shifted["frames"] == aligned_demo1["frames"] - shifted["sync_offset"]
+    assert shifted["sync_offset"] in (7, 8) and shifted["frames"] == aligned_demo2["frames"] - shifted["sync_offset"]
 
-    foreign = _with_audio(aligned_demo1, excerpts["demo2"][1][: len(audio)], tmp_path / "foreign.mp4")
+    demo1_frames, _ = _excerpt(assets_dir, "demo1", 0, aligned_demo2["frames"])
+    demo1_voice = lip_voice(mouth_openings(demo1_frames, create_face_detector()))
+    foreign = _with_audio(aligned_demo2, demo1_voice[: len(audio)], tmp_path / "foreign.mp4")
     with pytest.raises(Dropped, match="sync confidence"):
         step_sync(foreign, tmp_path, options, report)

@@ -15,7 +15,7 @@ import av
 import cv2
 import numpy as np
 
-from latentsync.media import VideoReader, load_audio
+from latentsync.media import VideoReader
 from .media import _encode_audio
 
 # The face box of frame 0 of each demo clip (1080 x 1920, MediaPipe's BlazeFace), and how much around it a head
@@ -142,19 +142,22 @@ def speaking_in_turns(
     assets_dir: Path, num_frames: int, speakers: Sequence[int], starts: tuple[int, int] = (0, 0), size=(480, 270)
 ):
     """`two_face_scene` with a sound track in which face ``speakers[k]`` (0: demo1, 1: demo2) is heard in the k-th
-    of ``len(speakers)`` equal parts: each part is that demo's own audio at the same times, so the face heard is in
+    of ``len(speakers)`` equal parts: each part is the voice of that face's own lips at the same times
+    (`latentsync.demo.lip_voice`; the demo clips' own sound does not follow their lips), so the face heard is in
     sync with its lips and the other is not.
 
     Returns:
         the frames and the 16 kHz mono audio.
     """
+    from latentsync.demo import lip_voice
+    from latentsync.face.detectors import create_face_detector
+    from latentsync.face.mouth import mouth_openings
+
     frames, _ = two_face_scene(assets_dir, num_frames, size, starts=starts)
-    samples_per_frame = SAMPLE_RATE // 25
-    voices = [
-        load_audio(assets_dir / f"{name}_audio.wav", SAMPLE_RATE)[start * samples_per_frame :]
-        for name, start in zip(("demo1", "demo2"), starts)
-    ]
-    audio = np.zeros(num_frames * samples_per_frame, np.float32)
+    detector = create_face_detector()
+    voices = [lip_voice(mouth_openings(head_frames(assets_dir, name, num_frames, start).frames, detector))
+              for name, start in zip(("demo1", "demo2"), starts)]  # fmt: skip
+    audio = np.zeros(num_frames * (SAMPLE_RATE // 25), np.float32)
     edges = np.linspace(0, len(audio), len(speakers) + 1).astype(int)
     for speaker, first, last in zip(speakers, edges, edges[1:]):
         audio[first:last] = voices[speaker][first:last]

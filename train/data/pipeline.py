@@ -73,8 +73,9 @@ GPU_STEPS = ("faces", "align", "sync")
 
 # Sync filter defaults. StableSyncNet's confidence is median - min of the cosine distance over +-15 frame offsets,
 # on a 0-1 scale (see `latentsync.score`); the reference's 3 is on syncnet_v2's LSE-C scale and does not carry over.
-# Random weights give 0.007-0.017 on the demo clips, so an untrained SyncNet keeps nothing (train/README.md).
-DEFAULT_MIN_SYNC_CONFIDENCE = 0.1
+# Measured with the tiny SyncNet that learned sync (tests/assets, docs/syncnet.md) on 6-s held-out clips: 0.25 in
+# sync, 0.08-0.10 with another voice; random weights give 0.007-0.017, so an untrained SyncNet keeps nothing.
+DEFAULT_MIN_SYNC_CONFIDENCE = 0.15
 DEFAULT_MAX_SYNC_OFFSET = 6
 
 
