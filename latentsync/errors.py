@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable
 
 
@@ -43,8 +44,31 @@ class Terminated(BaseException):
     ``finally`` and context manager (which remove partial outputs) and no ``except Exception`` swallows it."""
 
 
-def _terminate(signum, frame) -> None:
-    raise Terminated
+# How long an interrupt that arrived during an import waits before it is tried again.
+IMPORT_RETRY_SECONDS = 0.1
+_pending_retries: list[threading.Timer] = []
+
+
+def _inside_import(frame) -> bool:
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _interrupt(signum, frame) -> None:
+    """SIGINT raises `KeyboardInterrupt`, SIGTERM `Terminated`, but never inside an import: there the signal is
+    sent again `IMPORT_RETRY_SECONDS` later, until the import is over. An exception raised halfway through importing
+    torch, NumPy or accelerate left them half-initialised (measured: a RecursionError in NumPy's ``__getattr__``
+    instead of "Interrupted.", and a SIGABRT, when Ctrl-C came during the CLI's start-up on a loaded box)."""
+    if _inside_import(frame):
+        retry = threading.Timer(IMPORT_RETRY_SECONDS, os.kill, (os.getpid(), signum))
+        retry.daemon = True
+        _pending_retries[:] = [*(r for r in _pending_retries if r.is_alive()), retry]
+        retry.start()
+        return
+    raise KeyboardInterrupt if signum == signal.SIGINT else Terminated
 
 
 # A missing module of an optional part -> the command that installs it (run from the clone's root).
@@ -75,10 +99,23 @@ def exit_with_status(run: Callable[[], int | None], debug: bool = False) -> None
     """Call ``run()`` and exit: its code (0 if None); 1 on a `LatentSyncError` or a missing dependency of
     `INSTALL_HINTS` (one line, or the traceback with ``debug``); 130 on Ctrl-C; 143 on SIGTERM. Shared by
     ``python -m latentsync`` and ``python -m train``; put the imports and the argument parsing inside ``run`` so an
-    interrupt during start-up is answered the same way."""
-    signal.signal(signal.SIGTERM, _terminate)
+    interrupt during start-up is answered the same way (one that arrives during an import waits for its end,
+    `_interrupt`)."""
+    previous = {signum: signal.signal(signum, _interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
-        code = run()
+        code = _run_answering_errors(run, debug)
+    finally:
+        # The run is over: an interrupt still waiting for an import to end must not reach the interpreter's shutdown.
+        for retry in _pending_retries:
+            retry.cancel()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    raise SystemExit(code or 0)
+
+
+def _run_answering_errors(run: Callable[[], int | None], debug: bool) -> int | None:
+    try:
+        return run()
     except KeyboardInterrupt:
         _exit_now("Interrupted.", 130)
     except Terminated:
@@ -94,4 +131,3 @@ def exit_with_status(run: Callable[[], int | None], debug: bool = False) -> None
             raise
         print(f"error: the Python package {module!r} is not installed; run: {INSTALL_HINTS[module]}", file=sys.stderr)
         raise SystemExit(1) from None
-    raise SystemExit(code or 0)
