@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 from helpers.files import read_pcm16_wav
-from helpers.media import speech_like, write_audio, write_video
+from helpers.media import delay, speech_like, write_audio, write_video
 
 from latentsync._cli import score as score_cli
 from latentsync.audio.syncnet_mel import crop_mel_window, mel_window_length, syncnet_melspectrogram
@@ -65,13 +65,6 @@ def random_faces(num_frames: int, seed: int, resolution: int = 256) -> torch.Ten
     coarse = torch.rand(num_frames, 3, 16, 16, generator=generator)
     faces = torch.nn.functional.interpolate(coarse, size=(resolution, resolution), mode="bilinear")
     return (faces * 255).round().to(torch.uint8)
-
-
-def delay(wave: np.ndarray, frames: int) -> np.ndarray:
-    """``wave`` delayed by ``frames`` 25 fps frames (silence in front), or advanced (cut) when negative."""
-    if frames >= 0:
-        return np.concatenate([np.zeros(frames * SAMPLES_PER_FRAME, np.float32), wave])
-    return wave[-frames * SAMPLES_PER_FRAME :]
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.media import delay
 
 from train.data.pipeline import DEFAULT_MIN_SYNC_CONFIDENCE, PipelineOptions, run_pipeline
 from train.data.segments import balanced_pieces, face_runs
@@ -307,8 +308,7 @@ def test_the_sync_filter_keeps_synced_clips_and_drops_shifted_or_foreign_audio(a
     assert kept["sync_confidence"] >= DEFAULT_MIN_SYNC_CONFIDENCE and abs(kept["sync_offset"]) <= 1
 
     audio = read_audio(aligned_demo2["path"])
-    delayed = _with_audio(aligned_demo2, np.concatenate([np.zeros(8 * 640, np.float32), audio[: -8 * 640]]),
-                          tmp_path / "delayed.mp4")  # fmt: skip
+    delayed = _with_audio(aligned_demo2, delay(audio, 8)[: len(audio)], tmp_path / "delayed.mp4")
     with pytest.raises(Dropped, match=r"sync offset.*\|[78]\| > 6"):
         step_sync(delayed, tmp_path, options, report)
     shifted = step_sync(delayed, tmp_path, replace(options, max_sync_offset=10), report).kept[0]

@@ -15,6 +15,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from latentsync.conventions import SAMPLES_PER_MODEL_FRAME
+
 INDEX_BITS = 8
 # Containers and encoders exercised by the decoding tests: (file suffix, video codec, pixel format).
 VIDEO_FORMATS = (
@@ -65,6 +67,13 @@ def sine(frequency: float | Sequence[float], seconds: float, sample_rate: int, a
     frequencies = [frequency] if np.isscalar(frequency) else list(frequency)
     t = np.arange(round(seconds * sample_rate)) / sample_rate
     return np.stack([amplitude * np.sin(2 * np.pi * f * t) for f in frequencies]).astype(np.float32)
+
+
+def delay(wave: np.ndarray, frames: int) -> np.ndarray:
+    """``wave`` delayed by ``frames`` 25 fps frames (silence in front), or advanced (cut) when negative."""
+    if frames >= 0:
+        return np.concatenate([np.zeros(frames * SAMPLES_PER_MODEL_FRAME, np.float32), wave])
+    return wave[-frames * SAMPLES_PER_MODEL_FRAME :]
 
 
 def speech_like(seconds: float, sample_rate: int, channels: int = 1) -> np.ndarray:
